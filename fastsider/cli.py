@@ -1,0 +1,156 @@
+"""``fastsider`` command line: ``coarse``, ``fit``. Only this module (and report.py) talks to the user."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fastsider import __version__
+from fastsider.errors import FastsiderError
+
+log = logging.getLogger("fastsider")
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", type=Path, help="input photo (JPEG/PNG/WebP/BMP); omit with --example")
+    p.add_argument("--example", action="store_true", help="use the embedded example photo (scikit-image's astronaut)")
+    p.add_argument("--out", type=Path, required=True, help="output mesh path (*.ply) or folder")
+    p.add_argument("--config", default=None, help="preset name (fast, reference) or a TOML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set stage2.iterations=100 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: config's, 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device")
+    p.add_argument("--landmarks", type=Path, help="your own 478 MediaPipe landmarks (.npy or .json), skips detection")
+    p.add_argument("--flame", type=Path, help="your FLAME model file (generic_model.pkl, flame2023.pkl or .npz)")
+    p.add_argument("--flame-embedding", type=Path, help="MediaPipe landmark embedding for FLAME (.npz)")
+    p.add_argument("--coarse", type=Path, help="your own coarse mesh (mm) instead of fitting; needs --camera")
+    p.add_argument("--camera", type=Path, help="camera.json for --coarse (see README)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsider", description="Fine facial geometry from a single photo (fast SIDER).")
+    parser.add_argument("--version", action="version", version=f"fastsider {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("coarse", help="landmarks + coarse face mesh, camera.json and overlay.png")
+    _add_common(p)
+    p = sub.add_parser("fit", help="the full job: coarse face, coarse SDF, photometric details, mesh")
+    _add_common(p)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, markup=False)], force=True)
+    for noisy in ("trimesh", "PIL", "matplotlib", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _out_paths(out: Path, default_mesh: str) -> tuple[Path, str]:
+    """``--out x.ply`` -> (folder of x.ply, "x.ply"); ``--out folder`` -> (folder, default name)."""
+    if out.suffix.lower() in (".ply", ".obj", ".stl", ".off"):
+        return out.parent if str(out.parent) else Path("."), out.name
+    return out, default_mesh
+
+
+def _load_cfg(args: argparse.Namespace):
+    from fastsider.config import load_config
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f'device="{args.device}"')
+    return load_config(args.config, overrides)
+
+
+def _inputs(args: argparse.Namespace):
+    from fastsider.stages.prepare import CoarseInputs
+
+    if args.example == (args.image is not None):
+        raise FastsiderError("give an input photo or --example (not both)")
+    return CoarseInputs(landmarks=args.landmarks, flame=args.flame, flame_embedding=args.flame_embedding,
+                        mesh=args.coarse, camera=args.camera)
+
+
+def cmd_coarse(args: argparse.Namespace) -> int:
+    from fastsider.io import OutputStage
+    from fastsider.stages.export import write_coarse_outputs
+    from fastsider.stages.prepare import prepare
+
+    cfg = _load_cfg(args)
+    inputs = _inputs(args)
+    out_dir, mesh_name = _out_paths(args.out, "coarse.ply")
+    with OutputStage(out_dir) as out:  # checks the folder is writable before any work
+        prep = prepare(args.image, cfg, inputs)
+        write_coarse_outputs(out, prep, mesh_name)
+        out.commit()
+    err = f", landmark reprojection {prep.reprojection_px:.2f} px" if prep.reprojection_px is not None else ""
+    log.info("coarse mesh (%s, %d vertices) -> %s%s", prep.coarse.source, len(prep.coarse.vertices),
+             out_dir / mesh_name, err)
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fastsider.stages.fit import run_fit
+
+    cfg = _load_cfg(args)
+    inputs = _inputs(args)
+    out_dir, mesh_name = _out_paths(args.out, "mesh.ply")
+    with _ProgressBars() as bars:
+        summary = run_fit(args.image, cfg, inputs, out_dir, mesh_name, progress=bars.update)
+    log.info("detailed mesh -> %s (%.1f s in all)", out_dir / mesh_name, summary["seconds"]["total"])
+    return 0
+
+
+class _ProgressBars:
+    """One rich progress bar per stage, with the stage's latest losses."""
+
+    SHOWN = ("loss", "sdf_mm", "psnr", "hit_fraction")
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def update(self, stage: str, step: int, total: int, stats: dict[str, float]) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, stats="")
+        if step % 10 == 0 or step == total:
+            text = "  ".join(f"{k} {stats[k]:.4g}" for k in self.SHOWN if k in stats)
+            self.progress.update(self.tasks[stage], completed=step, stats=text)
+
+    def __enter__(self) -> "_ProgressBars":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+COMMANDS = {"coarse": cmd_coarse, "fit": cmd_fit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except FastsiderError as exc:
+        print(f"fastsider: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fastsider: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""One typed config schema for every stage and both network backends.
+
+Frozen dataclasses, loaded from ``configs/*.toml`` (stdlib ``tomllib``) and overridden from the
+command line with dotted keys (``stage2.iterations=50``). The defaults *are* the fast preset;
+``configs/fast.toml`` spells them out and a test keeps the two equal.
+
+Network fields use tiny-cuda-nn's vocabulary where it has one (``otype``, ``n_neurons``,
+``n_hidden_layers``, ``activation``, ``n_frequencies``); skip layers, softplus beta and
+geometric init are torch-only extras that the tcnn backend refuses rather than ignores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastsider.errors import FastsiderError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+Backend = Literal["auto", "torch", "tcnn"]
+NormalMode = Literal["autograd", "finite_difference"]
+CoarseSource = Literal["default", "flame", "mesh"]
+
+
+class ConfigError(FastsiderError, ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    resolution: int = 256          # working square crop, pixels
+    crop_margin: float = 0.45      # extra border around the face box, fraction of its size
+    min_face_px: int = 64          # faces smaller than this (box side, input pixels) are refused
+    min_image_px: int = 64         # shorter image side below this is refused
+    max_megapixels: float = 100.0  # larger images are refused (memory)
+
+
+@dataclass(frozen=True)
+class DefaultModelConfig:
+    ipd_mm: float = 63.0           # mean adult inter-pupillary distance (Dodgson 2004: 63.4 mm)
+    focal_factor: float = 4.0      # working focal length = focal_factor * resolution (px); ~14 deg FOV
+    subdivisions: int = 1          # loop subdivisions of the 468-point face mesh
+    smooth_iterations: int = 5     # Taubin smoothing passes after subdivision
+
+
+@dataclass(frozen=True)
+class FlameFitConfig:
+    n_shape: int = 100
+    n_expression: int = 50
+    iterations: int = 400
+    lr: float = 0.02
+    shape_prior: float = 1e-3      # weight of |beta|^2 (landmark loss is in px^2)
+    expression_prior: float = 1e-3
+    pose_prior: float = 1e-2       # weight of |jaw pose|^2
+    focal_factor: float = 4.0      # same camera model as the default coarse model
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    otype: Literal["Frequency", "Identity"] = "Frequency"
+    n_frequencies: int = 6
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    otype: Literal["FullyFusedMLP", "CutlassMLP", "VanillaMLP"] = "FullyFusedMLP"
+    n_neurons: int = 64
+    n_hidden_layers: int = 3
+    activation: Literal["Softplus", "ReLU"] = "Softplus"
+    output_activation: Literal["None", "Sigmoid"] = "None"
+    # torch-only extras (the reference preset); the tcnn backend refuses them
+    skip_layers: tuple[int, ...] = ()   # hidden layer indices that re-receive the encoded input
+    softplus_beta: float = 100.0        # IDR's smooth ReLU
+    geometric_init: bool = False        # IDR sphere init (geometry net only)
+
+
+@dataclass(frozen=True)
+class GeometryNetConfig:
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    network: NetworkConfig = field(
+        default_factory=lambda: NetworkConfig(n_neurons=64, n_hidden_layers=3)
+    )
+    feature_dim: int = 16            # feature vector handed to the rendering net
+    init_sphere_radius: float = 0.5  # geometric init radius, normalized units
+
+
+@dataclass(frozen=True)
+class RenderingNetConfig:
+    encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=4))
+    view_encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=2))
+    network: NetworkConfig = field(
+        default_factory=lambda: NetworkConfig(
+            n_neurons=64, n_hidden_layers=2, activation="ReLU", output_activation="Sigmoid"
+        )
+    )
+    use_feature: bool = True         # paper Fig. 4 ablation switches
+    use_normal: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backend: Backend = "auto"
+    normals: NormalMode = "autograd"   # tcnn forces finite differences (no double backward)
+    fd_eps: float = 1e-3               # finite-difference step, normalized units
+    geometry: GeometryNetConfig = field(default_factory=GeometryNetConfig)
+    rendering: RenderingNetConfig = field(default_factory=RenderingNetConfig)
+
+
+@dataclass(frozen=True)
+class ShellConfig:
+    thickness_mm: float = 1.0          # eps: SDF_GT = dist(x, mesh) - eps/2
+    box_margin: float = 0.15           # normalization box = coarse bbox grown by this fraction
+
+
+@dataclass(frozen=True)
+class CoarseStageConfig:
+    iterations: int = 600
+    batch_points: int = 8192
+    lr: float = 5e-3
+    lr_decay: float = 0.05             # lr falls exponentially to lr * lr_decay at the last step
+    eikonal_weight: float = 1e-4
+    near_std_mm: tuple[float, ...] = (0.5, 3.0, 10.0)  # Gaussian offsets of near-surface samples
+    uniform_fraction: float = 0.1      # share of samples uniform in the box
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    max_steps: int = 48
+    hit_eps: float = 1e-4              # |f| below this is a hit, normalized units
+    secant_steps: int = 8
+    use_occupancy_grid: bool = True
+    grid_resolution: int = 64
+    grid_band_mm: float = 6.0          # cells within this distance of the coarse surface are kept
+
+
+@dataclass(frozen=True)
+class DetailStageConfig:
+    iterations: int = 300
+    rays_per_batch: int = 2048
+    lr: float = 5e-4
+    color_weight: float = 1.0
+    sdf_weight: float = 100.0
+    eikonal_weight: float = 1e-4
+    sdf_points_per_batch: int = 4096
+    snapshot_every: int = 100          # 0: no progress snapshots
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    resolution: int = 192              # marching-cubes samples along the longest box side
+    chunk_points: int = 131072
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    image: ImageConfig = field(default_factory=ImageConfig)
+    default_model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
+    flame: FlameFitConfig = field(default_factory=FlameFitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    shell: ShellConfig = field(default_factory=ShellConfig)
+    stage1: CoarseStageConfig = field(default_factory=CoarseStageConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    stage2: DetailStageConfig = field(default_factory=DetailStageConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# loading, merging, overriding
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert TOML types (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), for TOML/JSON output."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"stage2.iterations=50"`` -> ``{"stage2": {"iterations": 50}}`` (value parsed as TOML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words are strings: backend=torch
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return node
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A preset name (``fast``, ``reference``) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = PRESET_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = sorted(q.stem for q in PRESET_DIR.glob("*.toml"))
+        raise ConfigError(f"unknown preset {name_or_path!r}; known: {known}")
+    return candidate
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> FitConfig:
+    """Defaults <- preset TOML <- ``KEY=VALUE`` overrides, validated against the schema."""
+    data: dict[str, Any] = to_dict(FitConfig())
+    if preset is not None:
+        path = resolve_preset(preset)
+        try:
+            data = _deep_merge(data, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for text in overrides:
+        data = _deep_merge(data, parse_override(text))
+    return _from_dict(FitConfig, data)

@@ -1,0 +1,232 @@
+"""Images in; meshes, images and JSON out, all-or-nothing.
+
+Input images of any common format become 8-bit RGB with EXIF orientation applied. Outputs are
+staged in a hidden temporary folder beside their destination and moved into place only when the
+whole job succeeded (:class:`OutputStage`), so a failed run leaves no half-written files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import trimesh
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy.ndimage import gaussian_filter
+from skimage.transform import AffineTransform, warp
+
+from fastsider.config import ImageConfig
+from fastsider.errors import InputError
+
+log = logging.getLogger(__name__)
+
+UINT16_MAX = 65535.0
+
+
+def load_image(path: str | Path, cfg: ImageConfig = ImageConfig()) -> np.ndarray:
+    """Read an image as 8-bit RGB ``[H, W, 3]`` with EXIF orientation applied.
+
+    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted. Raises
+    :class:`InputError` with one line for anything that is not a usable image.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if p.is_dir():
+        raise InputError(f"input is a directory, not an image: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                _check_size(p, img.size, cfg)
+                img.load()  # decode now: truncated files fail here, not later
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb8(img)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"not a readable image: {p} ({type(exc).__name__})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot decode image {p}: {exc}") from None
+    return rgb
+
+
+EXAMPLE_NAME = "astronaut"  # scikit-image's bundled portrait (Eileen Collins, public domain)
+
+
+def load_example() -> np.ndarray:
+    """The embedded example photo, 512x512 RGB, shipped inside scikit-image (no download)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+def _check_size(p: Path, size: tuple[int, int], cfg: ImageConfig) -> None:
+    w, h = size
+    if min(w, h) < cfg.min_image_px:
+        raise InputError(f"image {p} is too small ({w}x{h}); need at least {cfg.min_image_px} px per side")
+    if w * h > cfg.max_megapixels * 1e6:
+        raise InputError(f"image {p} is too large ({w}x{h}); limit is {cfg.max_megapixels:g} megapixels")
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        peak = UINT16_MAX if a.max() > 255 else 255.0
+        a = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# the face crop
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Working-crop pixels = ``scale * input pixels + (offset_x, offset_y)`` (centre convention)."""
+
+    scale: float
+    offset_x: float
+    offset_y: float
+    size: int
+
+    def to_crop(self, pts: np.ndarray) -> np.ndarray:  # [n_pts, 2] -> [n_pts, 2]
+        return pts * self.scale + np.array([self.offset_x, self.offset_y])
+
+    def to_input(self, pts: np.ndarray) -> np.ndarray:  # [n_pts, 2] -> [n_pts, 2]
+        return (pts - np.array([self.offset_x, self.offset_y])) / self.scale
+
+    def to_json_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "offset_x": self.offset_x, "offset_y": self.offset_y, "size": self.size}
+
+
+def square_crop_around(points_px: np.ndarray, margin: float, size: int) -> CropTransform:
+    """Square crop around a point set (e.g. landmarks) grown by ``margin`` of its side on each side.
+
+    Args:
+        points_px: [n_pts, 2] input-image pixel coordinates.
+    """
+    lo, hi = points_px.min(axis=0), points_px.max(axis=0)
+    side = float((hi - lo).max()) * (1.0 + 2.0 * margin)
+    centre = (lo + hi) / 2.0
+    left_edge = centre - side / 2.0  # continuous coordinates of the crop's outer edge
+    scale = size / side
+    # pixel centres: crop_u + 0.5 = scale * (u + 0.5 - left_edge)
+    offset = scale * (0.5 - left_edge) - 0.5
+    return CropTransform(scale=scale, offset_x=float(offset[0]), offset_y=float(offset[1]), size=size)
+
+
+def apply_crop(rgb: np.ndarray, crop: CropTransform) -> np.ndarray:
+    """Resample the crop (bilinear, anti-aliased when shrinking). rgb uint8 [H, W, 3] -> float [S, S, 3] in [0, 1]."""
+    img = rgb.astype(np.float32) / 255.0
+    if crop.scale < 1.0:
+        sigma = (1.0 / crop.scale - 1.0) / 2.0  # as skimage.transform.rescale(anti_aliasing=True)
+        img = gaussian_filter(img, sigma=(sigma, sigma, 0))
+    # warp maps output (col, row) -> input via the inverse transform
+    fwd = AffineTransform(scale=crop.scale, translation=(crop.offset_x, crop.offset_y))
+    out = warp(img, fwd.inverse, output_shape=(crop.size, crop.size), order=1, mode="edge")
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# all-or-nothing outputs
+
+
+class OutputStage:
+    """Collects a job's output files in a temporary folder; :meth:`commit` moves them into place.
+
+    Use as a context manager: on an exception nothing reaches the destination folder.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InputError(f"output folder is a file: {self.out_dir}")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=".fastsider-tmp-", dir=self.out_dir))
+        except OSError as exc:
+            raise InputError(f"cannot write to output folder {self.out_dir}: {exc.strerror}") from None
+        self.names: dict[str, None] = {}  # ordered set
+
+    def path(self, name: str) -> Path:
+        """Temporary path for output ``name`` (may contain one sub-folder, e.g. snapshots/x.png)."""
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if name in self.names:
+            raise ValueError(f"output {name!r} written twice")
+        self.names[name] = None
+        return p
+
+    def commit(self) -> list[Path]:
+        final = []
+        for name in self.names:
+            dst = self.out_dir / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp / name, dst)
+            final.append(dst)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "OutputStage":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def save_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def save_image(path: Path, img: np.ndarray) -> None:
+    """Float images in [0, 1] or uint8 -> PNG."""
+    if img.dtype != np.uint8:
+        img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    iio.imwrite(path, img)
+
+
+def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
+    trimesh.Trimesh(vertices, faces, process=False).export(path)
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """A triangle mesh (PLY/OBJ/STL/OFF/GLB), or :class:`InputError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"mesh not found: {p}")
+    try:
+        mesh = trimesh.load(p, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for bad files
+        raise InputError(f"cannot read mesh {p}: {exc}") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InputError(f"mesh {p} has no triangles")
+    if not np.all(np.isfinite(mesh.vertices)):
+        raise InputError(f"mesh {p} has non-finite vertices")
+    return mesh

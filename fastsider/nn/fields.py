@@ -1,0 +1,101 @@
+"""SIDER's two networks and the SDF gradient (normals), with autograd or finite differences.
+
+Geometry net  f(phi(x)) -> (sdf, feature)        x in the normalized box [-1, 1]^3
+Rendering net g(phi(x), n, phi(v), feature) -> rgb in [0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from fastsider.config import GeometryNetConfig, ModelConfig, RenderingNetConfig
+from fastsider.nn.encoding import FrequencyEncoding
+from fastsider.nn.mlp import make_mlp
+
+
+class GeometryNet(torch.nn.Module):
+    def __init__(self, cfg: GeometryNetConfig, backend: str):
+        super().__init__()
+        self.encoding = FrequencyEncoding(3, cfg.encoding)
+        self.feature_dim = cfg.feature_dim
+        self.mlp = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
+                            sphere_radius=cfg.init_sphere_radius)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""
+        out = self.mlp(self.encoding(x))
+        return out[:, 0], out[:, 1:]
+
+    def sdf(self, x: Tensor) -> Tensor:  # [n_pts, 3] -> [n_pts]
+        return self.forward(x)[0]
+
+
+class RenderingNet(torch.nn.Module):
+    def __init__(self, cfg: RenderingNetConfig, feature_dim: int, backend: str):
+        super().__init__()
+        self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal
+        self.pos_encoding = FrequencyEncoding(3, cfg.encoding)
+        self.view_encoding = FrequencyEncoding(3, cfg.view_encoding)
+        n_in = (self.pos_encoding.n_output_dims + self.view_encoding.n_output_dims
+                + (3 if cfg.use_normal else 0) + (feature_dim if cfg.use_feature else 0))
+        self.mlp = make_mlp(n_in, 3, cfg.network, backend)
+
+    def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
+        """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
+        parts = [self.pos_encoding(x), self.view_encoding(view_dirs)]
+        if self.use_normal:
+            parts.append(normals)
+        if self.use_feature:
+            parts.append(features)
+        return self.mlp(torch.cat(parts, dim=-1))
+
+
+class SdfSample(NamedTuple):
+    sdf: Tensor       # [n_pts]
+    feature: Tensor   # [n_pts, F]
+    gradient: Tensor  # [n_pts, 3], d sdf / d x
+
+
+def sdf_with_gradient(net: GeometryNet, x: Tensor, mode: str, fd_eps: float, create_graph: bool) -> SdfSample:
+    """SDF, feature and spatial gradient at x [n_pts, 3].
+
+    autograd:           exact; ``create_graph`` keeps the graph for the eikonal term (double backward).
+    finite_difference:  (f(x + h e_i) - f(x - h e_i)) / 2h; differentiable w.r.t. theta with a
+                        plain backward (what tcnn allows). Six extra evaluations.
+    Differentiable w.r.t.: network parameters (both modes); x (autograd mode).
+    """
+    if mode == "autograd":
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            sdf, feat = net(xg)
+            (grad,) = torch.autograd.grad(sdf, xg, torch.ones_like(sdf), create_graph=create_graph)
+        return SdfSample(sdf, feat, grad)
+    sdf, feat = net(x)
+    offsets = torch.eye(3, device=x.device, dtype=x.dtype) * fd_eps  # [3, 3]
+    probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
+    f = net.sdf(probes).reshape(-1, 6)
+    grad = (f[:, :3] - f[:, 3:]) / (2.0 * fd_eps)
+    if not create_graph:
+        grad = grad.detach()
+    return SdfSample(sdf, feat, grad)
+
+
+class SiderModel(torch.nn.Module):
+    """Both networks plus how normals are computed; one object the stages train and checkpoint."""
+
+    def __init__(self, cfg: ModelConfig, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.normal_mode = "finite_difference" if backend == "tcnn" else cfg.normals
+        self.fd_eps = cfg.fd_eps
+        self.geometry = GeometryNet(cfg.geometry, backend)
+        self.rendering = RenderingNet(cfg.rendering, cfg.geometry.feature_dim, backend)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        return self.geometry.sdf(x)
+
+    def sdf_with_gradient(self, x: Tensor, create_graph: bool = True) -> SdfSample:
+        return sdf_with_gradient(self.geometry, x, self.normal_mode, self.fd_eps, create_graph)

@@ -1,0 +1,61 @@
+"""The coarse-shape target: a thin shell around the open coarse face mesh, and the normalized box.
+
+SDF_GT(x) = distance(x, mesh) - eps / 2          (SIDER: the open mesh becomes a shell of width eps)
+
+Distances come from libigl's AABB tree (exact point-to-triangle distance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import igl
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """mm camera frame <-> the networks' box [-1, 1]^3: x_n = (x_mm - centre) / half_size."""
+
+    centre: np.ndarray  # [3] mm
+    half_size: float    # mm
+
+    @staticmethod
+    def around(vertices: np.ndarray, margin: float) -> "Normalization":
+        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+        return Normalization(centre=np.asarray((lo + hi) / 2.0, dtype=float), half_size=float((hi - lo).max() / 2.0 * (1.0 + margin)))
+
+    def to_unit(self, x_mm: np.ndarray) -> np.ndarray:
+        return (x_mm - self.centre) / self.half_size
+
+    def to_mm(self, x_unit: np.ndarray) -> np.ndarray:
+        return x_unit * self.half_size + self.centre
+
+    def rays_to_unit(self, origins_mm: Tensor, dirs: Tensor) -> Tensor:
+        """Ray origins [n_rays, 3] mm -> unit box (directions are unchanged by a uniform scale)."""
+        c = torch.as_tensor(self.centre, dtype=origins_mm.dtype, device=origins_mm.device)
+        return (origins_mm - c) / self.half_size
+
+    def to_json_dict(self) -> dict:
+        return {"centre_mm": self.centre.tolist(), "half_size_mm": self.half_size}
+
+
+class ShellSDF:
+    """SDF_GT of a triangle mesh shell, queried in the unit box, answered in unit-box units."""
+
+    def __init__(self, vertices_mm: np.ndarray, faces: np.ndarray, thickness_mm: float, norm: Normalization):
+        self.vertices = np.ascontiguousarray(norm.to_unit(vertices_mm), dtype=np.float64)
+        self.faces = np.ascontiguousarray(faces, dtype=np.int64)
+        self.half_thickness = thickness_mm / 2.0 / norm.half_size
+
+    def distance(self, x_unit: np.ndarray) -> np.ndarray:
+        """Unsigned distance [n_pts] from points [n_pts, 3] to the mesh."""
+        sq, _, _ = igl.point_mesh_squared_distance(np.ascontiguousarray(x_unit, dtype=np.float64), self.vertices, self.faces)
+        return np.sqrt(sq)
+
+    def __call__(self, x_unit: Tensor) -> Tensor:
+        """SDF_GT [n_pts] at points [n_pts, 3] (tensor in, tensor out, no gradient)."""
+        d = self.distance(x_unit.detach().cpu().numpy())
+        return torch.as_tensor(d - self.half_thickness, dtype=x_unit.dtype, device=x_unit.device)

@@ -1,0 +1,70 @@
+"""Stage 1: fit the geometry net to the coarse shell SDF (|f - SDF_GT| + eikonal)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import trimesh
+
+from fastsider.config import CoarseStageConfig
+from fastsider.nn.fields import SiderModel
+from fastsider.sdf import losses
+from fastsider.sdf.shell import ShellSDF
+
+log = logging.getLogger(__name__)
+
+POOL_BATCHES = 24   # training points are drawn from a pool this many batches large (SDF_GT once)
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class PointPool(NamedTuple):
+    points: torch.Tensor  # [n_pts, 3] unit box
+    sdf: torch.Tensor     # [n_pts] SDF_GT, unit-box units
+
+
+def sample_point_pool(shell: ShellSDF, n: int, near_std_unit: tuple[float, ...], uniform_fraction: float,
+                      rng: np.random.Generator, device: torch.device) -> PointPool:
+    """Points near the coarse surface (Gaussian offsets of several widths) plus uniform box points."""
+    n_uniform = int(n * uniform_fraction)
+    n_near = n - n_uniform
+    mesh = trimesh.Trimesh(shell.vertices, shell.faces, process=False)
+    surf, _ = trimesh.sample.sample_surface(mesh, n_near, seed=int(rng.integers(2**31)))
+    stds = np.asarray(near_std_unit)[rng.integers(len(near_std_unit), size=n_near)]
+    near = surf + rng.normal(size=(n_near, 3)) * stds[:, None]
+    uniform = rng.uniform(-1.0, 1.0, size=(n_uniform, 3))
+    pts = np.clip(np.concatenate([near, uniform]), -1.0, 1.0)
+    sdf = shell.distance(pts) - shell.half_thickness
+    return PointPool(torch.tensor(pts, dtype=torch.float32, device=device),
+                     torch.tensor(sdf, dtype=torch.float32, device=device))
+
+
+def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, unit_mm: float,
+                   generator: torch.Generator, on_step: StepCallback | None = None) -> dict[str, float]:
+    """Adam on L = |f - SDF_GT| + w_eik * eikonal over batches from the pool. Returns final stats."""
+    opt = torch.optim.Adam(model.geometry.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay ** (s / max(cfg.iterations, 1)))
+    n_pool = pool.points.shape[0]
+    stats: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for step in range(cfg.iterations):
+        idx = torch.randint(n_pool, (cfg.batch_points,), generator=generator, device=pool.points.device)
+        sample = model.sdf_with_gradient(pool.points[idx], create_graph=True)
+        l_sdf = losses.sdf_l1(sample.sdf, pool.sdf[idx], unit_mm)
+        l_eik = losses.eikonal(sample.gradient)
+        loss = l_sdf + cfg.eikonal_weight * l_eik
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None or step == cfg.iterations - 1:
+            stats = {"loss": loss.item(), "sdf_mm": l_sdf.item() * losses.MM_PER_M, "eikonal": l_eik.item()}
+            if on_step is not None:
+                on_step(step, stats)
+    stats["seconds"] = time.perf_counter() - t0
+    stats["iterations"] = cfg.iterations
+    return stats

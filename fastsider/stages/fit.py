@@ -1,0 +1,192 @@
+"""The ``fit`` job: prepare -> stage 1 (coarse SDF) -> stage 2 (details) -> mesh + pictures + summary."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fastsider import __version__
+from fastsider.config import FitConfig, to_dict
+from fastsider.io import OutputStage, save_image, save_json, save_mesh
+from fastsider.nn.fields import SiderModel
+from fastsider.nn.mlp import resolve_backend
+from fastsider.render import depth_picture, normal_map, overlay, raycast_mesh
+from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
+from fastsider.sdf.mesh import extract_face_mesh
+from fastsider.sdf.shell import Normalization, ShellSDF
+from fastsider.sdf.views import RayBundle, render_views
+from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
+from fastsider.stages.detail import face_rays, fit_details
+from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
+from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+POOL_BATCHES = 24           # SDF_GT is computed once for a pool this many stage-1 batches large
+SNAPSHOT_DIR = "snapshots"
+
+# (stage name, step, total steps, stats) -> None; the CLI draws progress bars with it
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        from fastsider.errors import FastsiderError
+
+        raise FastsiderError("--device cuda requested but CUDA is not available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class FitState:
+    """What the stages share: the prepared input, the normalized box, the target and the model."""
+
+    prep: Prepared
+    norm: Normalization
+    shell: ShellSDF
+    model: SiderModel
+    grid: OccupancyGrid | None
+    face_mask: np.ndarray   # [S, S] bool, pixels the coarse face covers
+    device: torch.device
+
+
+def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitState:
+    c = prep.coarse
+    norm = Normalization.around(c.vertices, cfg.shell.box_margin)
+    shell = ShellSDF(c.vertices, c.faces, cfg.shell.thickness_mm, norm)
+    backend = resolve_backend(cfg.model.backend, device)
+    model = SiderModel(cfg.model, backend).to(device)
+    log.info("networks: %s implementation on %s, normals by %s", backend, device, model.normal_mode)
+    grid = None
+    if cfg.trace.use_occupancy_grid:
+        grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
+                                   device=device)
+        log.info("occupancy grid %d^3: %.1f%% of the box occupied", cfg.trace.grid_resolution,
+                 100.0 * grid.occupied_fraction())
+    face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
+    return FitState(prep, norm, shell, model, grid, face_mask, device)
+
+
+def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_dir: Path,
+            mesh_name: str = "mesh.ply", progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The whole job; all outputs appear in ``out_dir`` only if it succeeds. Returns the summary."""
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    with OutputStage(out_dir) as out:
+        prep = prepare(image, cfg, inputs)
+        seconds = dict(prep.seconds)
+        t = time.perf_counter()
+        st = build_state(prep, cfg, device)
+        pool = sample_point_pool(st.shell, POOL_BATCHES * cfg.stage1.batch_points,
+                                 tuple(s / st.norm.half_size for s in cfg.stage1.near_std_mm),
+                                 cfg.stage1.uniform_fraction, rng, device)
+        seconds["setup"] = time.perf_counter() - t
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+        s1 = fit_coarse_sdf(st.model, pool, cfg.stage1, st.norm.half_size, gen,
+                            _stage_progress(progress, "stage 1 (coarse SDF)", cfg.stage1.iterations))
+        seconds["stage1"] = s1["seconds"]
+        rays = face_rays(prep.coarse.camera, st.norm, st.face_mask, prep.image, st.grid, device)
+        s2 = fit_details(st.model, rays, pool, cfg.stage2, cfg.trace, st.norm.half_size, gen,
+                         _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
+                         lambda step, model: _write_snapshot(out, st, cfg, step))
+        seconds["stage2"] = s2["seconds"]
+
+        t = time.perf_counter()
+        outputs = write_fit_outputs(out, st, cfg, mesh_name)
+        seconds["outputs"] = time.perf_counter() - t
+        seconds["total"] = time.perf_counter() - t_start
+        summary = make_summary(cfg, st, s1, s2, seconds, outputs, len(rays.pixels))
+        save_json(out.path("summary.json"), summary)
+        out.commit()
+    return summary
+
+
+def _stage_progress(progress: ProgressFn | None, name: str, total: int):
+    if progress is None:
+        return None
+    return lambda step, stats: progress(name, step + 1, total, stats)
+
+
+def full_view_rays(st: FitState, cfg: FitConfig) -> RayBundle:
+    return face_rays(st.prep.coarse.camera, st.norm, st.face_mask, st.prep.image, st.grid, st.device, erode=0)
+
+
+def view_images(st: FitState, cfg: FitConfig, rays: RayBundle) -> dict[str, np.ndarray]:
+    """Detailed normals, z-depth (mm) and rendered colour images of the working crop."""
+    r = render_views(st.model, rays, cfg.trace)
+    size = st.prep.coarse.camera.width
+    pix = rays.pixels[r.hit].long().cpu().numpy()
+    mask = np.zeros((size, size), dtype=bool)
+    mask[pix[:, 1], pix[:, 0]] = True
+    normals = np.zeros((size, size, 3))
+    normals[pix[:, 1], pix[:, 0]] = r.normals.cpu().numpy()
+    depth = np.zeros((size, size))
+    depth[pix[:, 1], pix[:, 0]] = st.norm.to_mm(r.points.cpu().numpy())[:, 2]
+    render = np.ones_like(st.prep.image)
+    render[pix[:, 1], pix[:, 0]] = r.rgb.cpu().numpy()
+    return {"mask": mask, "normals": normals, "depth": depth, "render": render}
+
+
+def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -> None:
+    views = view_images(st, cfg, full_view_rays(st, cfg))
+    pic = np.concatenate([normal_map(views["normals"], views["mask"]), views["render"]], axis=1)
+    save_image(out.path(f"{SNAPSHOT_DIR}/step_{step:05d}.png"), pic)
+
+
+def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:
+    prep = st.prep
+    write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
+    verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.grid, cfg.mesh.resolution, prep.coarse.camera,
+                                     st.face_mask, st.device, cfg.mesh.chunk_points)
+    if len(faces) == 0:
+        from fastsider.errors import FastsiderError
+
+        raise FastsiderError("the detailed surface came out empty (no zero level set in the face region)")
+    if not np.all(np.isfinite(verts)):
+        from fastsider.errors import FastsiderError
+
+        raise FastsiderError("the detailed surface has non-finite vertices; not writing it")
+    save_mesh(out.path(mesh_name), verts, faces)
+    if len(prep.coarse.landmark_ids):
+        write_now_landmarks(out, "landmarks7.txt", prep.coarse.landmarks_3d, prep.coarse.landmark_ids)
+    views = view_images(st, cfg, full_view_rays(st, cfg))
+    save_image(out.path("normals.png"), normal_map(views["normals"], views["mask"]))
+    np.save(out.path("depth.npy"), views["depth"].astype(np.float32))
+    save_image(out.path("depth.png"), depth_picture(views["depth"], views["mask"]))
+    save_image(out.path("render.png"), views["render"])
+    photo, cam = photo_view(prep)
+    save_image(out.path("overlay.png"), overlay(photo, raycast_mesh(verts, faces, cam)))
+    return {"mesh_vertices": int(len(verts)), "mesh_faces": int(len(faces)),
+            "coarse_vertices": int(len(prep.coarse.vertices))}
+
+
+def make_summary(cfg: FitConfig, st: FitState, s1: dict, s2: dict, seconds: dict, outputs: dict,
+                 n_face_rays: int) -> dict[str, Any]:
+    return {
+        "fastsider": __version__,
+        "config": to_dict(cfg),
+        "device": str(st.device),
+        "implementation": {"networks": st.model.backend, "normals": st.model.normal_mode,
+                           "occupancy_grid": st.grid.backend if st.grid is not None else "none"},
+        "coarse_source": st.prep.coarse.source,
+        "landmark_reprojection_px": st.prep.reprojection_px,
+        "normalization": st.norm.to_json_dict(),
+        "face_rays": n_face_rays,
+        "seconds": seconds,
+        "stage1": s1,
+        "stage2": s2,
+        "outputs": outputs,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }

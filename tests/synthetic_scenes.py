@@ -1,0 +1,51 @@
+"""Small synthetic scenes with known geometry, for the stage tests (no photo, no detector)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import trimesh
+
+from fastsider.camera import Camera
+from fastsider.render import raycast_mesh
+
+LIGHT = np.array([0.6, -0.5, -0.62]) / np.linalg.norm([0.6, -0.5, -0.62])  # towards the light, camera frame
+ALBEDO = 0.75
+AMBIENT = 0.15
+
+
+def height_field_mesh(size_mm: float, depth_mm: float, n: int, bump_mm: float, sigma_mm: float) -> trimesh.Trimesh:
+    """A square patch facing the camera at z = depth - bump * gauss(r), normals towards the camera."""
+    xs = np.linspace(-size_mm / 2, size_mm / 2, n)
+    x, y = np.meshgrid(xs, xs, indexing="xy")
+    z = depth_mm - bump_mm * np.exp(-(x**2 + y**2) / (2 * sigma_mm**2))
+    verts = np.stack([x.ravel(), y.ravel(), z.ravel()], 1)
+    i = np.arange(n - 1)
+    a = (i[:, None] * n + i[None, :]).ravel()
+    faces = np.concatenate([np.stack([a, a + 1, a + n], 1), np.stack([a + 1, a + n + 1, a + n], 1)])
+    mesh = trimesh.Trimesh(verts, faces, process=False)
+    if mesh.face_normals[:, 2].mean() > 0:
+        mesh.invert()
+    return mesh
+
+
+class BumpScene(NamedTuple):
+    camera: Camera
+    image: np.ndarray        # [S, S, 3] float, Lambertian render of the true surface
+    true_mesh: trimesh.Trimesh
+    coarse_mesh: trimesh.Trimesh
+    true_depth: np.ndarray   # [S, S] mm
+    bump_region: np.ndarray  # [S, S] bool, where the bump is more than a third of its height
+
+
+def bump_scene(size_px: int = 64, bump_mm: float = 4.0, sigma_mm: float = 12.0) -> BumpScene:
+    cam = Camera(size_px, size_px, fx=size_px * 5.0, fy=size_px * 5.0, cx=(size_px - 1) / 2, cy=(size_px - 1) / 2)
+    true = height_field_mesh(120.0, 600.0, 121, bump_mm, sigma_mm)
+    coarse = height_field_mesh(120.0, 600.0, 41, 0.0, sigma_mm)
+    surf = raycast_mesh(true.vertices, true.faces, cam)
+    shading = ALBEDO * np.clip(surf.normals @ LIGHT, 0, 1) + AMBIENT
+    image = np.repeat(np.where(surf.mask, shading, 0.0)[..., None], 3, axis=2)
+    flat = raycast_mesh(coarse.vertices, coarse.faces, cam)
+    region = surf.mask & ((flat.depth - surf.depth) > bump_mm / 3)
+    return BumpScene(cam, image.astype(np.float32), true, coarse, surf.depth, region)

@@ -1,0 +1,104 @@
+"""Camera round trips, the embedded default coarse model, the user-mesh path and `fastsider coarse`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import trimesh
+
+from fastsider.camera import Camera, pixel_rays, project, unproject
+from fastsider.cli import main
+from fastsider.config import DefaultModelConfig, FitConfig, load_config
+from fastsider.face.default_model import build_default_coarse, face_mesh_triangles
+from fastsider.io import square_crop_around
+from fastsider.stages.prepare import working_camera
+
+
+def test_project_unproject_round_trip():
+    cam = Camera(640, 480, 900.0, 910.0, 321.5, 239.0)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-100, -100, 500], [100, 100, 900], size=(50, 3))
+    px = project(cam, pts)
+    np.testing.assert_allclose(unproject(cam, px, pts[:, 2]), pts, atol=1e-9)
+
+
+def test_pixel_rays_pass_through_their_pixels():
+    import torch
+
+    cam = Camera(64, 64, 100.0, 100.0, 31.5, 31.5)
+    pix = torch.tensor([[0.0, 0.0], [31.5, 31.5], [63.0, 10.0]], dtype=torch.float64)
+    o, d = pixel_rays(cam, pix)
+    pts = (o + 700.0 * d).numpy()
+    np.testing.assert_allclose(project(cam, pts), pix.numpy(), atol=1e-9)
+    np.testing.assert_allclose(d.norm(dim=1).numpy(), 1.0)
+
+
+def test_camera_json_round_trip_and_crop():
+    cam = Camera(512, 400, 1000.0, 1000.0, 250.0, 190.0)
+    again = Camera.from_json_dict(json.loads(json.dumps(cam.to_json_dict())))
+    assert again.to_json_dict() == cam.to_json_dict()
+    crop = square_crop_around(np.array([[100.0, 80.0], [300.0, 260.0]]), 0.25, 128)
+    pts = np.array([[10.0, -20.0, 800.0], [-30.0, 15.0, 760.0]])
+    # projecting with the cropped camera == projecting then cropping
+    cropped = cam.transformed(crop.scale, crop.offset_x, crop.offset_y, 128, 128)
+    np.testing.assert_allclose(project(cropped, pts), crop.to_crop(project(cam, pts)), atol=1e-9)
+    np.testing.assert_allclose(crop.to_input(crop.to_crop(pts[:, :2])), pts[:, :2], atol=1e-9)
+
+
+def test_config_presets_and_overrides(tmp_path):
+    assert load_config("fast") == FitConfig()  # configs/fast.toml spells out the defaults
+    ref = load_config("reference", ["stage2.iterations=7", "model.backend=torch"])
+    assert ref.model.geometry.network.n_neurons == 512 and ref.model.geometry.network.skip_layers == (4,)
+    assert ref.stage2.iterations == 7 and ref.trace.use_occupancy_grid is False
+
+
+def test_face_mesh_triangulation_is_a_clean_disk():
+    tris = face_mesh_triangles()
+    mesh = trimesh.Trimesh(np.random.default_rng(0).normal(size=(468, 3)), tris, process=False)
+    assert mesh.euler_number == 1  # one disk: eyes and mouth closed, the face outline open
+    edges = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+    assert len(edges) > 0  # it has its outline boundary
+
+
+def test_default_model_reprojects_onto_landmarks(example_landmarks):
+    crop = square_crop_around(example_landmarks[:, :2], 0.45, 256)
+    lmk = np.concatenate([crop.to_crop(example_landmarks[:, :2]), example_landmarks[:, 2:] * crop.scale], 1)
+    cam = working_camera(4.0, 256)
+    face = build_default_coarse(lmk, cam, DefaultModelConfig())
+    err = np.linalg.norm(project(cam, face.landmarks_3d) - lmk[face.landmark_ids, :2], axis=1)
+    assert err.mean() < 1.5  # smoothing moves landmark vertices by about a pixel, no more
+    # metric scale: the two iris landmarks are ~63 mm apart once back-projected
+    width = np.ptp(face.vertices[:, 0])
+    assert 110.0 < width < 180.0, width  # an adult face is ~140 mm wide
+    mesh = trimesh.Trimesh(face.vertices, face.faces, process=False)
+    assert np.mean(mesh.face_normals[:, 2]) < -0.3  # normals face the camera (-z)
+
+
+def test_coarse_cli_on_example(tmp_path, capsys, example_files):
+    photo, lmk = example_files
+    out = tmp_path / "o" / "coarse.ply"
+    assert main(["coarse", str(photo), "--landmarks", str(lmk), "--out", str(out)]) == 0
+    names = {p.name for p in out.parent.iterdir()}
+    assert {"coarse.ply", "camera.json", "landmarks.npy", "overlay.png", "coarse_landmarks7.txt"} <= names
+    assert not any(n.startswith(".fastsider-tmp") for n in names)
+    cam = Camera.load(out.parent / "camera.json")
+    mesh = trimesh.load(out, process=False)
+    # the written camera maps the landmark vertices onto the landmarks of the *input* photo
+    lm = np.load(out.parent / "landmarks.npy")
+    err = np.linalg.norm(project(cam, np.asarray(mesh.vertices)[:468]) - lm[:468, :2], axis=1)
+    assert err.mean() < 3.0, err.mean()  # ~1 crop px = ~2 input px at this crop scale
+
+
+def test_user_mesh_path_round_trip(tmp_path, example_files):
+    """Feeding `coarse`'s own mesh + camera.json back in reproduces the same crop and mesh."""
+    photo, lmk = example_files
+    first = tmp_path / "a"
+    assert main(["coarse", str(photo), "--landmarks", str(lmk), "--out", str(first)]) == 0
+    second = tmp_path / "b"
+    assert main(["coarse", str(photo), "--coarse", str(first / "coarse.ply"), "--camera",
+                 str(first / "camera.json"), "--out", str(second)]) == 0
+    a = trimesh.load(first / "coarse.ply", process=False)
+    b = trimesh.load(second / "coarse.ply", process=False)
+    np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-4)
+    assert not (second / "landmarks.npy").exists()  # no detection on this path
