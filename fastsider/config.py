@@ -92,14 +92,17 @@ class GeometryNetConfig:
 
 @dataclass(frozen=True)
 class RenderingNetConfig:
-    encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=4))
+    # fast preset: x enters the rendering net un-encoded and without the feature vector, so the
+    # net cannot paint shading in as high-frequency albedo and must explain it through normals;
+    # on the bump benchmark (tests/test_stages.py) this is the setting that moves the geometry
+    encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=0))
     view_encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=2))
     network: NetworkConfig = field(
         default_factory=lambda: NetworkConfig(
             n_neurons=64, n_hidden_layers=2, activation="ReLU", output_activation="Sigmoid"
         )
     )
-    use_feature: bool = True         # paper Fig. 4 ablation switches
+    use_feature: bool = False        # paper Fig. 4 ablation switches (reference: both on)
     use_normal: bool = True
 
 
@@ -143,9 +146,9 @@ class TraceConfig:
 class DetailStageConfig:
     iterations: int = 300
     rays_per_batch: int = 2048
-    lr: float = 5e-4
+    lr: float = 1e-3
     color_weight: float = 1.0
-    sdf_weight: float = 100.0
+    sdf_weight: float = 3.0            # paper: 100 (reference preset); term in metres, see sdf/losses.py
     eikonal_weight: float = 1e-4
     sdf_points_per_batch: int = 4096
     snapshot_every: int = 100          # 0: no progress snapshots

@@ -81,7 +81,7 @@ def test_rendering_ablation_switches_change_inputs():
     from dataclasses import replace
 
     cfg = ModelConfig()
-    full = SiderModel(cfg, "torch")
+    full = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_feature=True)), "torch")
     no_feat = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_feature=False)), "torch")
     n_full = full.rendering.mlp.layers[0].in_features
     assert no_feat.rendering.mlp.layers[0].in_features == n_full - cfg.geometry.feature_dim

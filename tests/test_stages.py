@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import igl
 import numpy as np
 import torch
 import trimesh
@@ -40,7 +41,7 @@ def test_stage1_fits_a_known_shell_sdf():
 def test_fit_end_to_end_tiny(tmp_path, example_files):
     photo, lmk = example_files
     out = tmp_path / "run" / "mesh.ply"
-    tiny = ["image.resolution=96", "stage1.iterations=150", "stage1.batch_points=2048",
+    tiny = ["image.resolution=96", "stage1.iterations=300", "stage1.batch_points=2048",
             "stage2.iterations=4", "stage2.rays_per_batch=256", "stage2.sdf_points_per_batch=512",
             "stage2.snapshot_every=2", "mesh.resolution=64", "trace.grid_resolution=32"]
     argv = ["fit", str(photo), "--landmarks", str(lmk), "--out", str(out), "--seed", "3"]
@@ -57,8 +58,49 @@ def test_fit_end_to_end_tiny(tmp_path, example_files):
     mesh = trimesh.load(out, process=False)
     coarse = trimesh.load(d / "coarse.ply", process=False)
     assert len(mesh.faces) > 100 and np.isfinite(mesh.vertices).all()
-    # the detailed mesh lies on the coarse face (same frame, mm): a few mm at most after 150 steps
-    _, dist, _ = trimesh.proximity.closest_point(coarse, mesh.vertices[::10])
-    assert np.median(dist) < 3.0, np.median(dist)
+    # the detailed mesh lies on the coarse face (same frame, mm): a few mm at most after 300 short steps
+    sq, _, _ = igl.point_mesh_squared_distance(np.asarray(mesh.vertices[::10]), np.asarray(coarse.vertices),
+                                               np.asarray(coarse.faces))
+    assert np.median(np.sqrt(sq)) < 3.0, np.median(np.sqrt(sq))
     depth = np.load(d / "depth.npy")
     assert depth.shape == (96, 96) and np.median(depth[depth > 0]) > 500.0  # mm in front of the camera
+
+
+def test_detail_stage_recovers_part_of_a_known_bump():
+    """Render a 4 mm bump, start from the flat patch: stage 2 must move the surface towards it."""
+    from fastsider.config import load_config
+    from fastsider.render import raycast_mesh
+    from fastsider.sdf.grid import make_occupancy_grid
+    from fastsider.sdf.views import render_views
+    from fastsider.stages.detail import face_rays, fit_details
+    from synthetic_scenes import bump_scene
+
+    cfg = load_config(None, ["stage1.iterations=300", "stage1.batch_points=4096", "stage2.iterations=200",
+                             "stage2.rays_per_batch=1024", "stage2.sdf_points_per_batch=2048"])
+    sc = bump_scene()
+    norm = Normalization.around(sc.coarse_mesh.vertices, cfg.shell.box_margin)
+    shell = ShellSDF(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, cfg.shell.thickness_mm, norm)
+    dev = torch.device("cpu")
+    stds = tuple(s / norm.half_size for s in cfg.stage1.near_std_mm)
+    pool = sample_point_pool(shell, 24 * cfg.stage1.batch_points, stds, 0.1, np.random.default_rng(0), dev)
+    model = SiderModel(cfg.model, "torch")
+    gen = torch.Generator().manual_seed(0)
+    fit_coarse_sdf(model, pool, cfg.stage1, norm.half_size, gen)
+    grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size)
+    mask = raycast_mesh(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, sc.camera).mask
+    rays = face_rays(sc.camera, norm, mask, sc.image, grid, dev)
+
+    def bump_depth_error_mm() -> float:
+        r = render_views(model, rays, cfg.trace)
+        pix = rays.pixels[r.hit].long().numpy()
+        depth = np.full(sc.true_depth.shape, np.nan)
+        depth[pix[:, 1], pix[:, 0]] = norm.to_mm(r.points.numpy())[:, 2]
+        return float(np.nanmean(np.abs(depth - sc.true_depth)[sc.bump_region]))
+
+    before = bump_depth_error_mm()
+    stats = fit_details(model, rays, pool, cfg.stage2, cfg.trace, norm.half_size, gen)
+    after = bump_depth_error_mm()
+    print(f"bump region depth error: {before:.3f} mm -> {after:.3f} mm, PSNR {stats['psnr']:.1f} dB")
+    assert before > 1.0  # the flat start really misses the bump (a third of its height or more)
+    # measured 1.95 -> 1.64 mm (-16%) with this budget; a stage that ignores the image stays at 1.95
+    assert after < 0.92 * before

@@ -114,13 +114,22 @@ class _ChumpyStub:
         self.__dict__["_state"] = state
 
 
-_SAFE_BUILTINS = {"set", "frozenset", "object", "list", "dict", "tuple", "slice", "complex", "bytearray"}
-_SAFE_MODULES = ("numpy", "scipy", "copy_reg", "copyreg", "_codecs", "collections")
+# the globals that pickled arrays, sparse matrices and plain containers need (raw module names,
+# Python 2 and 3); anything else in a "model file" is refused rather than imported and called
+_SAFE_GLOBALS = {
+    *(("numpy.core.multiarray", n) for n in ("_reconstruct", "scalar")),
+    *(("numpy._core.multiarray", n) for n in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "dtype"), ("numpy", "ndarray"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"), ("collections", "OrderedDict"),
+    *((m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset", "object", "list", "dict",
+                                                           "tuple", "slice", "complex", "bytearray")),
+}
 
 
 class _FlameUnpickler(pickle.Unpickler):
-    """Maps ``chumpy.*`` to stubs, old ``scipy.sparse.csc`` paths to ``scipy.sparse``; refuses
-    anything outside numpy/scipy/builtin containers (a model file holds nothing else)."""
+    """Maps ``chumpy.*`` to stubs and any ``scipy.sparse.*`` matrix class to today's; refuses
+    every global outside ``_SAFE_GLOBALS`` (a model file holds nothing else)."""
 
     _stubs: dict[str, type] = {}
 
@@ -130,15 +139,13 @@ class _FlameUnpickler(pickle.Unpickler):
             if key not in self._stubs:
                 self._stubs[key] = type(name, (_ChumpyStub,), {"chumpy_name": key})
             return self._stubs[key]
-        if module.startswith("scipy.sparse") and hasattr(scipy.sparse, name):
-            return getattr(scipy.sparse, name)
+        cls = getattr(scipy.sparse, name, None) if module.startswith("scipy.sparse") else None
+        if isinstance(cls, type) and issubclass(cls, (scipy.sparse.spmatrix, scipy.sparse.sparray)):
+            return cls  # also the old module paths, e.g. scipy.sparse.csc.csc_matrix
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name}")
         if module.startswith("numpy._core") and not hasattr(np, "_core"):
             module = "numpy.core" + module[len("numpy._core"):]  # numpy-2 pickle under numpy 1
-        if module in ("builtins", "__builtin__"):
-            if name not in _SAFE_BUILTINS:
-                raise pickle.UnpicklingError(f"refusing builtin {name!r}")
-        elif not module.startswith(_SAFE_MODULES):
-            raise pickle.UnpicklingError(f"refusing class {module}.{name}")
         return super().find_class(module, name)
 
 
@@ -180,8 +187,6 @@ def _to_array(value: Any) -> np.ndarray:
         return _chumpy_to_array(value)
     if scipy.sparse.issparse(value):
         return _sparse_to_dense(value)
-    if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 0:
-        return _to_array(value.item())  # an npz-saved sparse matrix
     return np.asarray(value)
 
 
@@ -219,7 +224,7 @@ def _get_array(raw: dict[str, Any], key: str, path: Path, dtype: type) -> np.nda
         raise FlameError(f"FLAME file {path}: missing key {key!r}")
     try:
         arr = _to_array(raw[key]).astype(dtype)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise FlameError(f"FLAME file {path}: key {key!r} is not an array ({exc})") from None
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise FlameError(f"FLAME file {path}: key {key!r} holds non-finite values")
@@ -235,6 +240,8 @@ def _expect_shape(arr: np.ndarray, shape: tuple[int | None, ...], key: str, path
 
 def _parents_from_kintree(kintree: np.ndarray, path: Path) -> np.ndarray:
     _expect_shape(kintree, (2, None), "kintree_table", path)
+    if kintree.shape[1] == 0:
+        raise FlameError(f"FLAME file {path}: kintree_table has no joints")
     parents = kintree[0].astype(np.int64).copy()  # [n_joints]
     parents[0] = -1  # FLAME stores the root's parent as 2**32 - 1
     if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, len(parents))):
@@ -244,9 +251,12 @@ def _parents_from_kintree(kintree: np.ndarray, path: Path) -> np.ndarray:
 
 def _split_shapedirs(dirs: np.ndarray, raw: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
     total = dirs.shape[2]
-    n_shape = int(np.asarray(raw["n_shape"])) if "n_shape" in raw else DEFAULT_N_SHAPE
+    try:
+        n_shape = int(np.asarray(raw["n_shape"])) if "n_shape" in raw else DEFAULT_N_SHAPE
+    except (ValueError, TypeError):
+        n_shape = 0
     if n_shape <= 0:
-        raise FlameError(f"FLAME file {path}: n_shape must be positive, got {n_shape}")
+        raise FlameError(f"FLAME file {path}: n_shape must be a positive integer, got {raw['n_shape']!r}")
     n_shape = min(n_shape, total)
     return dirs[:, :, :n_shape], dirs[:, :, n_shape:]
 

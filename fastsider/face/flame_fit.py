@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 JAW_JOINT = 2                 # FLAME joints: global, neck, jaw, eye L, eye R
 ICP_ITERATIONS = 30
+MIN_EMBED_POINTS = 4          # a similarity needs a few points off one line
 ICP_TOL_MM = 1e-4             # stop when no point moves more than this
 ICP_TRIM = 3.0                # pairs farther than this many median distances are left out
 RIGID_FRACTION = 0.3          # share of the iterations that move only rotation and translation
@@ -125,9 +126,10 @@ def derive_landmark_embedding(model: FlameModel, target_points: np.ndarray,
     """
     target_points = np.asarray(target_points, dtype=np.float64)
     landmark_ids = np.asarray(landmark_ids, dtype=np.int64).ravel()
-    if target_points.ndim != 2 or target_points.shape[1] != 3 or len(landmark_ids) != len(target_points):
-        raise FlameError(f"derive_landmark_embedding: target_points {target_points.shape} and "
-                         f"landmark_ids {landmark_ids.shape} must be [n_lmk, 3] and [n_lmk]")
+    if (target_points.ndim != 2 or target_points.shape[1] != 3 or len(landmark_ids) != len(target_points)
+            or len(target_points) < MIN_EMBED_POINTS):
+        raise FlameError(f"derive_landmark_embedding: target_points {target_points.shape} and landmark_ids "
+                         f"{landmark_ids.shape} must be [n_lmk, 3] and [n_lmk], n_lmk >= {MIN_EMBED_POINTS}")
     verts = model.v_template @ FLAME_TO_CAMERA.T  # [n_verts, 3]
     tri = verts[model.faces]  # [n_faces, 3, 3]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -300,7 +302,7 @@ def fit_flame(model: FlameModel, landmarks_px: np.ndarray, camera: Camera, cfg: 
         camera: camera of the working crop (fixed).
         embedding: FLAME surface point of each used landmark; derived when None.
         init_points: [478, 3] mm, camera frame: the default coarse model's 3-D landmarks,
-            required when ``embedding`` is None.
+            required when ``embedding`` is None; rows with NaN are left out of the embedding.
         seed: torch seed (the fit itself starts from fixed values and is deterministic).
     Returns:
         :class:`FlameFit` (coarse face with source "flame", parameters, mean error in px).
@@ -309,7 +311,9 @@ def fit_flame(model: FlameModel, landmarks_px: np.ndarray, camera: Camera, cfg: 
     if embedding is None:
         if init_points is None:
             raise FlameError("fit_flame: without a landmark embedding, init_points are required")
-        embedding = derive_landmark_embedding(model, init_points, np.arange(len(init_points)))
+        init_points = np.asarray(init_points, dtype=np.float64)
+        ids = np.flatnonzero(np.isfinite(init_points).all(axis=1)) if init_points.ndim == 2 else np.arange(0)
+        embedding = derive_landmark_embedding(model, init_points[ids], ids)
     _check_inputs(model, landmarks_px, embedding)
     torch.manual_seed(seed)
     dtype = torch.float64  # a few hundred landmarks: cheap, and L-BFGS line searches need it

@@ -108,10 +108,11 @@ def _fit_flame(lmk_crop: np.ndarray, cfg: FitConfig, inputs: CoarseInputs, size:
     camera = working_camera(cfg.flame.focal_factor, size)
     # the embedded model's 3-D landmarks anchor the derived embedding when the user has none
     init = build_default_coarse(lmk_crop, camera, cfg.default_model)
-    init_points = np.zeros((lmk_crop.shape[0], 3))
+    init_points = np.full((lmk_crop.shape[0], 3), np.nan)  # NaN rows (irises) are left out
     init_points[init.landmark_ids] = init.landmarks_3d
     fit = fit_flame(model, lmk_crop, camera, cfg.flame, embedding=embedding,
                     init_points=init_points, seed=cfg.seed)
+    log.info("FLAME fit: landmark reprojection %.2f px (working crop)", fit.reprojection_px)
     return fit.coarse
 
 
