@@ -146,9 +146,10 @@ class TraceConfig:
 class DetailStageConfig:
     iterations: int = 300
     rays_per_batch: int = 2048
-    lr: float = 1e-3
+    lr: float = 1e-4                   # paper; 3e-4 and up tore holes in the astronaut's surface
     color_weight: float = 1.0
-    sdf_weight: float = 3.0            # paper: 100 (reference preset); term in metres, see sdf/losses.py
+    sdf_weight: float = 100.0          # paper; the term is in metres (sdf/losses.py). Lower weights
+                                       # recover more of a synthetic bump but shred real photos
     eikonal_weight: float = 1e-4
     sdf_points_per_batch: int = 4096
     snapshot_every: int = 100          # 0: no progress snapshots
