@@ -17,8 +17,6 @@ from fastsider.sdf.shell import ShellSDF
 
 log = logging.getLogger(__name__)
 
-POOL_BATCHES = 24   # training points are drawn from a pool this many batches large (SDF_GT once)
-
 StepCallback = Callable[[int, dict[str, float]], None]
 
 

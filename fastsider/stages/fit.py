@@ -14,6 +14,7 @@ import torch
 
 from fastsider import __version__
 from fastsider.config import FitConfig, to_dict
+from fastsider.errors import FastsiderError
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
 from fastsider.nn.fields import SiderModel
 from fastsider.nn.mlp import resolve_backend
@@ -38,8 +39,6 @@ ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        from fastsider.errors import FastsiderError
-
         raise FastsiderError("--device cuda requested but CUDA is not available")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,8 +69,6 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     if cfg.trace.use_occupancy_grid:
         grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
                                    device=device)
-        log.info("occupancy grid %d^3: %.1f%% of the box occupied", cfg.trace.grid_resolution,
-                 100.0 * grid.occupied_fraction())
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
     return FitState(prep, norm, shell, model, grid, face_mask, device)
 
@@ -151,12 +148,8 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.grid, cfg.mesh.resolution, prep.coarse.camera,
                                      st.face_mask, st.device, cfg.mesh.chunk_points)
     if len(faces) == 0:
-        from fastsider.errors import FastsiderError
-
         raise FastsiderError("the detailed surface came out empty (no zero level set in the face region)")
     if not np.all(np.isfinite(verts)):
-        from fastsider.errors import FastsiderError
-
         raise FastsiderError("the detailed surface has non-finite vertices; not writing it")
     save_mesh(out.path(mesh_name), verts, faces)
     if len(prep.coarse.landmark_ids):
