@@ -19,16 +19,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", type=Path, help="input photo (JPEG/PNG/WebP/BMP); omit with --example")
     p.add_argument("--example", action="store_true", help="use the embedded example photo (scikit-image's astronaut)")
     p.add_argument("--out", type=Path, required=True, help="output mesh path (*.ply) or folder")
-    p.add_argument("--config", default=None, help="preset name (fast, reference) or a TOML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set stage2.iterations=100 (repeatable)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: config's, 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device")
+    _add_shared_options(p)
     p.add_argument("--landmarks", type=Path, help="your own 478 MediaPipe landmarks (.npy or .json), skips detection")
     p.add_argument("--flame", type=Path, help="your FLAME model file (generic_model.pkl, flame2023.pkl or .npz)")
     p.add_argument("--flame-embedding", type=Path, help="MediaPipe landmark embedding for FLAME (.npz)")
     p.add_argument("--coarse", type=Path, help="your own coarse mesh (mm) instead of fitting; needs --camera")
     p.add_argument("--camera", type=Path, help="camera.json for --coarse (see README)")
+
+
+def _add_shared_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="preset name (fast, reference) or a TOML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set stage2.iterations=100 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: config's, 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -40,6 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p = sub.add_parser("fit", help="the full job: coarse face, coarse SDF, photometric details, mesh")
     _add_common(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in the same --out from its last checkpoint")
+    p = sub.add_parser("batch", help="one fit per photo of a folder; a rerun skips finished photos")
+    p.add_argument("input_dir", type=Path, help="folder of photos (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one sub-folder per photo + manifest.json")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel fits (default: one per GPU, else 1; CPU threads are shared out)")
+    p.add_argument("--retry-failed", action="store_true", help="fit again the photos that failed before")
+    _add_shared_options(p)
+
+    p = sub.add_parser("eval", help="score meshes against ground truth (NoW protocol)")
+    ev = p.add_subparsers(dest="eval_command", required=True)
+    q = ev.add_parser("now", help="NoW challenge: align to scans by 7 landmarks + refinement, scan-to-mesh errors")
+    q.add_argument("--predictions", type=Path, required=True,
+                   help="folder laid out like NoW's images: <subject>/<type>/<name>.obj + .npy, or <name>/mesh.ply"
+                        " + landmarks7.txt as fastsider writes them")
+    q.add_argument("--now-root", type=Path, required=True, help="NoW dataset folder (scans, scans_lmks_onlypp, lists)")
+    q.add_argument("--split", choices=["val", "test"], default="val")
+    q.add_argument("--out", type=Path, required=True, help="report folder (now_table.md, now_results.json, plot)")
+    q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -104,8 +128,55 @@ def cmd_fit(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     out_dir, mesh_name = _out_paths(args.out, "mesh.ply")
     with _ProgressBars() as bars:
-        summary = run_fit(args.image, cfg, inputs, out_dir, mesh_name, progress=bars.update)
+        summary = run_fit(args.image, cfg, inputs, out_dir, mesh_name, progress=bars.update, resume=args.resume)
     log.info("detailed mesh -> %s (%.1f s in all)", out_dir / mesh_name, summary["seconds"]["total"])
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from fastsider.stages.batch import MANIFEST_NAME, run_batch
+
+    cfg = _load_cfg(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise FastsiderError("--jobs must be at least 1")
+    with Progress(transient=False) as bar:
+        task = bar.add_task("batch", total=None)
+
+        def advance(rel, rec):
+            bar.update(task, advance=1, description=f"batch: {rel} {rec.status}")
+        result = run_batch(args.input_dir, args.out, cfg, args.jobs, args.retry_failed, advance)
+    table = Table(title=f"fastsider batch -> {args.out}")
+    for col in ("photo", "status", "seconds", "reason"):
+        table.add_column(col)
+    for rel, rec in sorted(result.records.items()):
+        table.add_row(rel, rec.status, f"{rec.seconds:.1f}", rec.reason or "")
+    console = Console(stderr=True)
+    console.print(table)
+    done = [r.seconds for r in result.records.values() if r.status == "done"]
+    per_image = f", {sum(done) / len(done):.1f} s per photo" if done else ""
+    failed_before = sum(r.status == "failed" for r in result.skipped.values())
+    console.print(f"done {len(done)}, failed {result.count('failed') + result.count('crashed')}, "
+                  f"skipped {len(result.skipped)} (finished earlier, {failed_before} of them failed){per_image}")
+    if result.interrupted:
+        raise KeyboardInterrupt
+    failed = result.count("failed", True) + result.count("crashed")
+    if failed:
+        print(f"fastsider: {failed} photo(s) failed; reasons in {args.out / MANIFEST_NAME}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastsider.eval.now import run_now_cli
+
+    res = run_now_cli(args.predictions, args.now_root, args.split, args.out)
+    log.info("NoW %s: %d of %d images scored (%d missing): median %.3f mm, mean %.3f mm, std %.3f mm -> %s",
+             res["split"], res["n_evaluated"], res["n_images"], res["n_missing"], res["median_mm"],
+             res["mean_mm"], res["std_mm"], args.out)
     return 0
 
 
@@ -136,7 +207,7 @@ class _ProgressBars:
         self.progress.stop()
 
 
-COMMANDS = {"coarse": cmd_coarse, "fit": cmd_fit}
+COMMANDS = {"coarse": cmd_coarse, "fit": cmd_fit, "batch": cmd_batch, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastsider: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("fastsider: interrupted; no outputs were written", file=sys.stderr)
+        what = {"fit": "no outputs were written; rerun with --resume to continue",
+                "batch": "finished photos are kept; rerun the batch to continue"}
+        print(f"fastsider: interrupted; {what.get(args.command, 'no outputs were written')}", file=sys.stderr)
         return 130
 
 

@@ -162,6 +162,17 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """How a run is kept safe; not part of a checkpoint's config fingerprint."""
+
+    checkpoint_every: int = 100        # optimizer steps between checkpoints (and one at each stage end)
+    guard_every: int = 20              # steps between in-memory "last good" states for rollbacks
+    max_rollbacks: int = 4             # per stage; then stop with the last good state's mesh
+    rollback_lr_factor: float = 0.5    # lr multiplier applied at each rollback
+    explode_factor: float = 20.0       # a loss this many times the recent median counts as divergence
+
+
+@dataclass(frozen=True)
 class FitConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -174,6 +185,7 @@ class FitConfig:
     trace: TraceConfig = field(default_factory=TraceConfig)
     stage2: DetailStageConfig = field(default_factory=DetailStageConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -147,25 +147,48 @@ def apply_crop(rgb: np.ndarray, crop: CropTransform) -> np.ndarray:
 class OutputStage:
     """Collects a job's output files in a temporary folder; :meth:`commit` moves them into place.
 
-    Use as a context manager: on an exception nothing reaches the destination folder.
+    Use as a context manager: on an exception nothing reaches the destination folder. A resumable
+    stage (``partial``) keeps its hidden folder after an exception when it holds private state
+    (a checkpoint), so ``--resume`` can continue.
     """
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, partial: str | None = None, resume: bool = False):
+        """``partial``: a fixed hidden staging folder that survives an interrupted run (with its
+        private state, e.g. checkpoints); ``resume`` keeps what an earlier run staged there."""
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"output folder is a file: {self.out_dir}")
+        self.names: dict[str, None] = {}  # ordered set
+        self.inherited: set[str] = set()  # staged by an earlier, interrupted run
+        self.resumable = partial is not None
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=".fastsider-tmp-", dir=self.out_dir))
+            if partial is None:
+                self.tmp = Path(tempfile.mkdtemp(prefix=".fastsider-tmp-", dir=self.out_dir))
+            else:
+                self.tmp = self.out_dir / partial
+                if self.tmp.exists() and not resume:
+                    shutil.rmtree(self.tmp)
+                self.tmp.mkdir(exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot write to output folder {self.out_dir}: {exc.strerror}") from None
-        self.names: dict[str, None] = {}  # ordered set
+        for f in sorted(self.tmp.rglob("*")):
+            rel = f.relative_to(self.tmp).as_posix()
+            if f.is_file() and not rel.startswith("."):
+                self.names[rel] = None
+                self.inherited.add(rel)
 
-    def path(self, name: str) -> Path:
+    def private_dir(self, name: str) -> Path:
+        """A folder for state that is not an output (never moved into ``out_dir``)."""
+        p = self.tmp / f".{name}"
+        p.mkdir(exist_ok=True)
+        return p
+
+    def path(self, name: str, replace: bool = False) -> Path:
         """Temporary path for output ``name`` (may contain one sub-folder, e.g. snapshots/x.png)."""
         p = self.tmp / name
         p.parent.mkdir(parents=True, exist_ok=True)
-        if name in self.names:
+        if name in self.names and not (replace or name in self.inherited):
             raise ValueError(f"output {name!r} written twice")
         self.names[name] = None
         return p
@@ -186,8 +209,11 @@ class OutputStage:
     def __enter__(self) -> "OutputStage":
         return self
 
+    def has_private_state(self) -> bool:
+        return self.resumable and any(p.is_file() for p in self.tmp.glob(".*/*"))
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None and not self.has_private_state():
             self.abort()
 
 

@@ -14,6 +14,7 @@ from fastsider.config import CoarseStageConfig, ModelConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.sdf.shell import Normalization, ShellSDF
 from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
+from fit_helpers import fit_argv
 from synthetic_scenes import height_field_mesh
 
 MM = 1.0
@@ -41,13 +42,7 @@ def test_stage1_fits_a_known_shell_sdf():
 def test_fit_end_to_end_tiny(tmp_path, example_files):
     photo, lmk = example_files
     out = tmp_path / "run" / "mesh.ply"
-    tiny = ["image.resolution=96", "stage1.iterations=300", "stage1.batch_points=2048",
-            "stage2.iterations=4", "stage2.rays_per_batch=256", "stage2.sdf_points_per_batch=512",
-            "stage2.snapshot_every=2", "mesh.resolution=64", "trace.grid_resolution=32"]
-    argv = ["fit", str(photo), "--landmarks", str(lmk), "--out", str(out), "--seed", "3"]
-    for t in tiny:
-        argv += ["--set", t]
-    assert main(argv) == 0
+    assert main(fit_argv(photo, lmk, out)) == 0
     d = out.parent
     for name in ("mesh.ply", "coarse.ply", "camera.json", "normals.png", "depth.npy", "depth.png",
                  "render.png", "overlay.png", "summary.json", "landmarks7.txt", "snapshots/step_00002.png"):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,8 +27,9 @@ N_LANDMARKS = 478
 N_MESH_LANDMARKS = 468           # the face-mesh vertices; 468..477 are the two irises
 RIGHT_IRIS_CENTRE = 468          # subject's right eye (image left)
 LEFT_IRIS_CENTRE = 473
-# NoW's seven landmarks in MediaPipe indices: eye corners (outer, inner) x2, nose tip, mouth corners
-NOW_LANDMARK_IDS = (33, 133, 362, 263, 1, 61, 291)
+# NoW's seven landmarks in MediaPipe indices: eye corners (outer, inner) x2, subnasale (2, the
+# bottom of the nose, as in NoW's annotation and crop centre), mouth corners
+NOW_LANDMARK_IDS = (33, 133, 362, 263, 2, 61, 291)
 
 
 def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
@@ -34,15 +37,16 @@ def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
 
     Several faces: the largest is used and a log line says so. No face: :class:`InputError`.
     """
-    os.environ.setdefault("GLOG_minloglevel", "2")  # keep MediaPipe's C++ log lines off the terminal
+    os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import mediapipe as mp  # heavy import: only when detection is needed
-
     h, w = rgb.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, max_num_faces=8, refine_landmarks=True, min_detection_confidence=0.5
-    ) as face_mesh:
-        result = face_mesh.process(np.ascontiguousarray(rgb))
+    with _native_stderr_silenced():
+        import mediapipe as mp  # heavy import: only when detection is needed
+
+        with mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=8, refine_landmarks=True, min_detection_confidence=0.5
+        ) as face_mesh:
+            result = face_mesh.process(np.ascontiguousarray(rgb))
     faces = result.multi_face_landmarks or []
     if not faces:
         raise InputError(f"no face found in {source}")
@@ -52,6 +56,24 @@ def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
     if len(arrays) > 1:
         log.info("found %d faces in %s; using the largest", len(arrays), source)
     return arrays[best]
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """MediaPipe's C++ side (absl, TFLite) writes warnings to file descriptor 2 whatever the
+    environment says; point fd 2 at /dev/null while it runs. Python's sys.stderr is untouched."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def load_landmarks(path: str | Path) -> np.ndarray:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import trimesh
 
-from fastsider.config import CoarseStageConfig
+from fastsider.config import CoarseStageConfig, RunConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.sdf import losses
 from fastsider.sdf.shell import ShellSDF
+from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
 
 log = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, dict[str, float]], None]
 
 
 class PointPool(NamedTuple):
@@ -42,27 +40,18 @@ def sample_point_pool(shell: ShellSDF, n: int, near_std_unit: tuple[float, ...],
 
 
 def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, unit_mm: float,
-                   generator: torch.Generator, on_step: StepCallback | None = None) -> dict[str, float]:
+                   generator: torch.Generator, on_step: StepCallback | None = None, run: RunConfig = RunConfig(),
+                   resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
     """Adam on L = |f - SDF_GT| + w_eik * eikonal over batches from the pool. Returns final stats."""
-    opt = torch.optim.Adam(model.geometry.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay ** (s / max(cfg.iterations, 1)))
     n_pool = pool.points.shape[0]
-    stats: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for step in range(cfg.iterations):
+
+    def loss_fn() -> dict[str, torch.Tensor]:
         idx = torch.randint(n_pool, (cfg.batch_points,), generator=generator, device=pool.points.device)
         sample = model.sdf_with_gradient(pool.points[idx], create_graph=True)
         l_sdf = losses.sdf_l1(sample.sdf, pool.sdf[idx], unit_mm)
         l_eik = losses.eikonal(sample.gradient)
-        loss = l_sdf + cfg.eikonal_weight * l_eik
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if on_step is not None or step == cfg.iterations - 1:
-            stats = {"loss": loss.item(), "sdf_mm": l_sdf.item() * losses.MM_PER_M, "eikonal": l_eik.item()}
-            if on_step is not None:
-                on_step(step, stats)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["iterations"] = cfg.iterations
-    return stats
+        return {"loss": l_sdf + cfg.eikonal_weight * l_eik, "sdf_mm": l_sdf * losses.MM_PER_M, "eikonal": l_eik}
+
+    schedule = Schedule("stage 1", cfg.iterations, cfg.lr, cfg.lr_decay)
+    return optimize(model, list(model.geometry.parameters()), loss_fn, schedule, run, generator,
+                    resume=resume, checkpoint=checkpoint, on_step=on_step)

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from scipy.ndimage import binary_erosion
 
 from fastsider.camera import Camera, pixel_rays
-from fastsider.config import DetailStageConfig, TraceConfig
+from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
 from fastsider.sdf.trace import ray_aabb_intersect
 from fastsider.sdf.views import RayBundle, render_rays
-from fastsider.stages.coarse_sdf import PointPool, StepCallback
+from fastsider.stages.coarse_sdf import PointPool
+from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
 
 MASK_EROSION_PX = 2  # keep rays off the silhouette of the coarse face (grazing, unreliable colour)
-
-SnapshotCallback = Callable[[int, SiderModel], None]
 
 
 def face_rays(camera: Camera, norm: Normalization, face_mask: np.ndarray, image: np.ndarray,
@@ -60,26 +58,20 @@ def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx
 
 def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: DetailStageConfig, trace: TraceConfig,
                 unit_mm: float, generator: torch.Generator, on_step: StepCallback | None = None,
-                on_snapshot: SnapshotCallback | None = None) -> dict[str, float]:
+                on_snapshot: Callable[[int], None] | None = None, run: RunConfig = RunConfig(),
+                resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
     """Adam over both networks, batches of face rays and SDF points. Returns final stats."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     device = rays.origins.device
     n_rays, n_pts = rays.origins.shape[0], pool.points.shape[0]
-    stats: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for step in range(cfg.iterations):
+
+    def loss_fn() -> dict[str, torch.Tensor]:
         ray_idx = torch.randint(n_rays, (min(cfg.rays_per_batch, n_rays),), generator=generator, device=device)
         pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
         terms = detail_losses(model, rays.subset(ray_idx), pool, pt_idx, cfg, trace, unit_mm)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        stats = {k: v.item() for k, v in terms.items()}
-        stats["sdf_mm"] = stats.pop("sdf") * losses.MM_PER_M
-        if on_step is not None:
-            on_step(step, stats)
-        if on_snapshot is not None and cfg.snapshot_every and (step + 1) % cfg.snapshot_every == 0:
-            on_snapshot(step + 1, model)
-    stats["seconds"] = time.perf_counter() - t0
-    stats["iterations"] = cfg.iterations
-    return stats
+        terms["sdf_mm"] = terms.pop("sdf") * losses.MM_PER_M
+        return terms
+
+    schedule = Schedule("stage 2", cfg.iterations, cfg.lr)
+    return optimize(model, list(model.parameters()), loss_fn, schedule, run, generator, resume=resume,
+                    checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
+                    snapshot_every=cfg.snapshot_every)

@@ -25,13 +25,16 @@ from fastsider.sdf.shell import Normalization, ShellSDF
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
 from fastsider.stages.detail import face_rays, fit_details
+from fastsider.stages.checkpoint import CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
+from fastsider.stages.loop import DivergenceError, graceful_interrupts, raise_if_interrupted
 from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
 POOL_BATCHES = 24           # SDF_GT is computed once for a pool this many stage-1 batches large
 SNAPSHOT_DIR = "snapshots"
+PARTIAL_DIR = ".fastsider-partial"  # staged outputs + checkpoint of an unfinished run
 
 # (stage name, step, total steps, stats) -> None; the CLI draws progress bars with it
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
@@ -73,14 +76,32 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     return FitState(prep, norm, shell, model, grid, face_mask, device)
 
 
+def fit_input_files(image: str | Path | None, inputs: CoarseInputs) -> list[tuple[str, Path | None]]:
+    """The files a run depends on, for the checkpoint fingerprint (the example photo has none)."""
+    named = [("image", Path(image) if image is not None else None), ("landmarks", inputs.landmarks),
+             ("flame", inputs.flame), ("flame_embedding", inputs.flame_embedding), ("mesh", inputs.mesh),
+             ("camera", inputs.camera)]
+    return [(n, p) for n, p in named if p is not None or n == "image"]
+
+
 def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_dir: Path,
-            mesh_name: str = "mesh.ply", progress: ProgressFn | None = None) -> dict[str, Any]:
-    """The whole job; all outputs appear in ``out_dir`` only if it succeeds. Returns the summary."""
+            mesh_name: str = "mesh.ply", progress: ProgressFn | None = None, resume: bool = False) -> dict[str, Any]:
+    """The whole job; all outputs appear in ``out_dir`` only if it succeeds. Returns the summary.
+
+    Checkpoints go to a hidden folder in ``out_dir``; ``resume`` continues from the last one. If a
+    stage diverges beyond its rollbacks, the last good state's outputs are written (summary
+    ``diverged``) and the :class:`DivergenceError` is raised after that.
+    """
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
-    with OutputStage(out_dir) as out:
+    with graceful_interrupts(), OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
+        store = CheckpointStore(out.private_dir("checkpoint"), config_hash(cfg),
+                                inputs_hash(fit_input_files(image, inputs)))
+        saved = store.load() if resume and store.exists() else None
+        if resume and saved is None:
+            log.info("no checkpoint in %s: starting from the beginning", out_dir)
         prep = prepare(image, cfg, inputs)
         seconds = dict(prep.seconds)
         t = time.perf_counter()
@@ -89,25 +110,51 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
                                  tuple(s / st.norm.half_size for s in cfg.stage1.near_std_mm),
                                  cfg.stage1.uniform_fraction, rng, device)
         seconds["setup"] = time.perf_counter() - t
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        raise_if_interrupted()
+        s1, s2, rays, diverged = _run_stages(st, cfg, pool, store, saved, out, progress)
+        seconds["stage1"], seconds["stage2"] = s1["seconds"], s2.get("seconds", 0.0)
 
-        s1 = fit_coarse_sdf(st.model, pool, cfg.stage1, st.norm.half_size, gen,
-                            _stage_progress(progress, "stage 1 (coarse SDF)", cfg.stage1.iterations))
-        seconds["stage1"] = s1["seconds"]
-        rays = face_rays(prep.coarse.camera, st.norm, st.face_mask, prep.image, st.grid, device)
-        s2 = fit_details(st.model, rays, pool, cfg.stage2, cfg.trace, st.norm.half_size, gen,
-                         _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
-                         lambda step, model: _write_snapshot(out, st, cfg, step))
-        seconds["stage2"] = s2["seconds"]
-
+        raise_if_interrupted()
         t = time.perf_counter()
         outputs = write_fit_outputs(out, st, cfg, mesh_name)
         seconds["outputs"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t_start
         summary = make_summary(cfg, st, s1, s2, seconds, outputs, len(rays.pixels))
+        summary["resumed_from"] = f"{saved['stage']} step {saved['loop']['step']}" if saved else None
+        summary["diverged"] = str(diverged) if diverged else None
         save_json(out.path("summary.json"), summary)
         out.commit()
+    if diverged is not None:
+        raise DivergenceError(f"{diverged}; the last good state was written to {out_dir / mesh_name}",
+                              diverged.stats)
     return summary
+
+
+def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, saved: dict | None,
+                out: OutputStage, progress: ProgressFn | None):
+    """Stage 1 then stage 2, each resumed from ``saved`` when it is that stage's checkpoint."""
+    gen = torch.Generator(device=st.device).manual_seed(cfg.seed)
+    stage = saved["stage"] if saved else None
+    rays = face_rays(st.prep.coarse.camera, st.norm, st.face_mask, st.prep.image, st.grid, st.device)
+    s1 = saved["stage1_result"] if stage == "stage2" else None
+    try:
+        if s1 is None:
+            s1 = fit_coarse_sdf(st.model, pool, cfg.stage1, st.norm.half_size, gen,
+                                _stage_progress(progress, "stage 1 (coarse SDF)", cfg.stage1.iterations),
+                                run=cfg.run, resume=saved if stage == "stage1" else None,
+                                checkpoint=lambda state: store.save({"stage": "stage1", **state}))
+        s2 = fit_details(st.model, rays, pool, cfg.stage2, cfg.trace, st.norm.half_size, gen,
+                         _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
+                         lambda step: _write_snapshot(out, st, cfg, step), run=cfg.run,
+                         resume=saved if stage == "stage2" else None,
+                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}))
+    except DivergenceError as exc:
+        log.error("%s", exc)
+        failed = {**exc.stats, "diverged": True}
+        if s1 is None:
+            return {**failed, "seconds": 0.0}, {}, rays, exc
+        return s1, failed, rays, exc
+    return s1, s2, rays, None
 
 
 def _stage_progress(progress: ProgressFn | None, name: str, total: int):
@@ -139,7 +186,7 @@ def view_images(st: FitState, cfg: FitConfig, rays: RayBundle) -> dict[str, np.n
 def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -> None:
     views = view_images(st, cfg, full_view_rays(st, cfg))
     pic = np.concatenate([normal_map(views["normals"], views["mask"]), views["render"]], axis=1)
-    save_image(out.path(f"{SNAPSHOT_DIR}/step_{step:05d}.png"), pic)
+    save_image(out.path(f"{SNAPSHOT_DIR}/step_{step:05d}.png", replace=True), pic)  # a rollback may redo a step
 
 
 def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:

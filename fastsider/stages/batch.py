@@ -1,0 +1,205 @@
+"""``fastsider batch``: one fit per photo of a folder, resumable through a manifest of input hashes.
+
+Each photo's outputs go to ``OUT/<relative path without suffix>/``. ``OUT/manifest.json`` records,
+per photo, its hash, the config hash, the status (done / failed / interrupted), the reason of a
+failure and the seconds spent; it is rewritten atomically after every photo. A rerun skips photos
+whose hash and config are unchanged (failed ones too, unless ``retry_failed``) and resumes
+interrupted fits from their checkpoints. One failing photo never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+from fastsider.config import FitConfig
+from fastsider.errors import FastsiderError, InputError
+from fastsider.stages.checkpoint import CheckpointError, config_hash, file_hash
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MANIFEST_NAME = "manifest.json"
+
+# (photo's relative path, its record) -> None; the CLI advances a progress bar with it
+BatchProgress = Callable[[str, "ImageRecord"], None]
+
+
+@dataclass
+class ImageRecord:
+    status: str                 # "done" | "failed" | "interrupted" | "crashed" (the last two are redone)
+    input_hash: str
+    config_hash: str
+    out: str                    # output folder, relative to the batch's OUT
+    seconds: float = 0.0
+    reason: str | None = None   # why it failed
+
+
+@dataclass
+class BatchResult:
+    records: dict[str, ImageRecord]   # every photo of this run, by relative path
+    skipped: dict[str, ImageRecord]   # done (or failed) earlier with the same hash and config
+    interrupted: bool
+
+    def count(self, status: str, include_skipped: bool = False) -> int:
+        records = [*self.records.values(), *(self.skipped.values() if include_skipped else ())]
+        return sum(r.status == status for r in records)
+
+
+def find_images(input_dir: Path) -> list[Path]:
+    if not input_dir.is_dir():
+        raise InputError(f"input folder not found: {input_dir}")
+    images = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}")
+    return images
+
+
+def load_manifest(out_dir: Path) -> dict[str, ImageRecord]:
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {k: ImageRecord(**v) for k, v in data["images"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot read batch manifest {path}: {exc}") from None
+
+
+def save_manifest(out_dir: Path, records: dict[str, ImageRecord]) -> None:
+    tmp = out_dir / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps({"images": {k: asdict(v) for k, v in sorted(records.items())}}, indent=2) + "\n")
+    os.replace(tmp, out_dir / MANIFEST_NAME)
+
+
+def _is_finished(rec: ImageRecord | None, in_hash: str, cfg_hash: str, out_dir: Path, retry_failed: bool) -> bool:
+    if rec is None or (rec.input_hash, rec.config_hash) != (in_hash, cfg_hash):
+        return False
+    if rec.status == "done":
+        return (out_dir / rec.out / "summary.json").is_file()
+    return rec.status == "failed" and not retry_failed
+
+
+def fit_one(image: Path, out: Path, cfg: FitConfig) -> tuple[str, float, str | None]:
+    """One fit, resumed from its checkpoint if an earlier batch was interrupted. Never raises
+    (except KeyboardInterrupt in-process): returns (status, seconds, reason)."""
+    from fastsider.stages.fit import run_fit
+    from fastsider.stages.prepare import CoarseInputs
+
+    t0 = time.perf_counter()
+    try:
+        try:
+            run_fit(image, cfg, CoarseInputs(), out, resume=True)
+        except CheckpointError as exc:  # a stale checkpoint (other config): start this photo over
+            log.warning("%s: %s", image.name, exc)
+            run_fit(image, cfg, CoarseInputs(), out, resume=False)
+        return "done", time.perf_counter() - t0, None
+    except FastsiderError as exc:
+        return "failed", time.perf_counter() - t0, str(exc)
+    except KeyboardInterrupt:
+        return "interrupted", time.perf_counter() - t0, "interrupted; rerun the batch to resume"
+    except Exception as exc:  # one photo's bug must not stop the batch; its reason is recorded
+        log.exception("internal error on %s", image)
+        return "failed", time.perf_counter() - t0, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _worker_init(threads: int, gpu_ids: Any) -> None:
+    """Pool worker: its share of CPU threads, its own GPU if any; Ctrl-C is handled inside fits only."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if gpu_ids is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(processName)s: %(message)s")
+
+
+def default_jobs(cfg: FitConfig) -> int:
+    """One fit per GPU where there are GPUs, else one (a fit already uses every CPU core)."""
+    import torch
+
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1
+
+
+def run_batch(input_dir: Path, out_dir: Path, cfg: FitConfig, jobs: int | None = None, retry_failed: bool = False,
+              progress: BatchProgress | None = None) -> BatchResult:
+    images = find_images(input_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out_dir)
+    cfg_hash = config_hash(cfg)
+    todo: list[tuple[str, Path, ImageRecord]] = []
+    skipped: dict[str, ImageRecord] = {}
+    for image in images:
+        rel = image.relative_to(input_dir).as_posix()
+        rec = ImageRecord("pending", file_hash(image), cfg_hash, str(Path(rel).with_suffix("")))
+        if _is_finished(manifest.get(rel), rec.input_hash, cfg_hash, out_dir, retry_failed):
+            skipped[rel] = manifest[rel]
+        else:
+            todo.append((rel, image, rec))
+    log.info("batch: %d photos, %d to fit, %d already finished", len(images), len(todo), len(skipped))
+    result = BatchResult({}, skipped, interrupted=False)
+
+    def record(rel: str, rec: ImageRecord, outcome: tuple[str, float, str | None]) -> None:
+        rec.status, rec.seconds, rec.reason = outcome
+        manifest[rel] = result.records[rel] = rec
+        save_manifest(out_dir, manifest)
+        if progress is not None:
+            progress(rel, rec)
+
+    jobs = jobs or default_jobs(cfg)
+    if jobs <= 1 or len(todo) <= 1:
+        for rel, image, rec in todo:
+            outcome = fit_one(image, out_dir / rec.out, cfg)
+            record(rel, rec, outcome)
+            if outcome[0] == "interrupted":
+                result.interrupted = True
+                break
+    else:
+        result.interrupted = _run_pool(todo, out_dir, cfg, jobs, record)
+    return result
+
+
+def _run_pool(todo: list[tuple[str, Path, ImageRecord]], out_dir: Path, cfg: FitConfig, jobs: int,
+              record: Callable[[str, ImageRecord, tuple], None]) -> bool:
+    """Fits in ``jobs`` worker processes. Returns True if Ctrl-C stopped the batch."""
+    import torch
+
+    ctx = get_context("spawn")
+    gpu_ids = None
+    if cfg.device != "cpu" and torch.cuda.is_available():
+        gpu_ids = ctx.Queue()
+        for k in range(jobs):
+            gpu_ids.put(k % torch.cuda.device_count())
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    interrupted = False
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, gpu_ids)) as pool:
+        running: dict[Future, tuple[str, ImageRecord]] = {
+            pool.submit(fit_one, image, out_dir / rec.out, cfg): (rel, rec) for rel, image, rec in todo}
+        while running:
+            try:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:  # workers checkpoint their fits; photos not started stay pending
+                interrupted = True
+                for fut in running:
+                    fut.cancel()
+                continue
+            for fut in done:
+                rel, rec = running.pop(fut)
+                if fut.cancelled():
+                    continue
+                try:
+                    record(rel, rec, fut.result())
+                except BrokenProcessPool:  # a worker was killed (out of memory?): retried on the next run
+                    record(rel, rec, ("crashed", 0.0, "a worker process died (out of memory?); rerun to retry"))
+    return interrupted

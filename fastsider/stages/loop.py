@@ -1,0 +1,208 @@
+"""The optimization loop both stages share: Adam, lr schedule, divergence guard, checkpoints, interrupts.
+
+A stage supplies ``loss_fn() -> {"loss": ..., other terms}``; this module owns everything that
+makes long runs safe:
+- divergence guard: a non-finite loss or gradient, or a loss ``explode_factor`` x above the recent
+  median, rolls the networks, the optimizer and the RNG back to the last good state and lowers the
+  learning rate; after ``max_rollbacks`` it raises :class:`DivergenceError` with the last good
+  state loaded, so the caller can still write its mesh;
+- checkpoints every ``checkpoint_every`` steps and at the stage end, through a callback;
+- Ctrl-C / SIGTERM: the step in flight finishes, a checkpoint is written, then KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import statistics
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from fastsider.config import RunConfig
+from fastsider.errors import FastsiderError
+
+log = logging.getLogger(__name__)
+
+EXPLODE_WARMUP = 10      # steps of loss history before the explosion test applies
+EXPLODE_HISTORY = 50     # recent good losses whose median is the reference
+
+LossFn = Callable[[], dict[str, torch.Tensor]]
+StepCallback = Callable[[int, dict[str, float]], None]
+CheckpointFn = Callable[[dict[str, Any]], None]
+
+
+class DivergenceError(FastsiderError):
+    """Optimization kept diverging after the allowed rollbacks; the model holds the last good state."""
+
+    def __init__(self, message: str, stats: dict[str, float]):
+        super().__init__(message)
+        self.stats = stats
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """lr(step) = lr * lr_scale * lr_decay ** (step / iterations)."""
+
+    name: str
+    iterations: int
+    lr: float
+    lr_decay: float = 1.0
+
+    def lr_at(self, step: int, lr_scale: float) -> float:
+        return self.lr * lr_scale * self.lr_decay ** (step / max(self.iterations, 1))
+
+
+@dataclass
+class LoopState:
+    step: int = 0           # completed steps
+    lr_scale: float = 1.0   # lowered by each rollback
+    rollbacks: int = 0
+    seconds: float = 0.0    # optimization time spent, over all sessions of a resumed run
+
+
+# --------------------------------------------------------------------------------------------
+# interrupts
+
+
+class _Interrupt:
+    requested = False
+
+
+def interrupt_requested() -> bool:
+    return _Interrupt.requested
+
+
+def raise_if_interrupted() -> None:
+    if _Interrupt.requested:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def graceful_interrupts() -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, stop. Second SIGINT: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _Interrupt.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _Interrupt.requested = True
+        log.warning("interrupted: stopping after this step with a checkpoint (Ctrl-C again to stop now)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _Interrupt.requested = False
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def _capture(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             state: LoopState) -> dict[str, Any]:
+    return {"model": copy.deepcopy(model.state_dict()), "optim": copy.deepcopy(opt.state_dict()),
+            "generator": gen.get_state().clone(), "loop": asdict(state)}
+
+
+def _restore(saved: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+             gen: torch.Generator) -> LoopState:
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optim"])
+    gen.set_state(saved["generator"])
+    return LoopState(**saved["loop"])
+
+
+def _is_bad(loss: torch.Tensor, params: list[torch.Tensor], history: deque, run: RunConfig) -> str | None:
+    """Why this step must not be applied (after backward), or None."""
+    value = loss.item()
+    if not math.isfinite(value):
+        return f"non-finite loss ({value})"
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")).item()
+    if not math.isfinite(grad_norm):
+        return "non-finite gradient"
+    if len(history) >= EXPLODE_WARMUP and value > run.explode_factor * statistics.median(history):
+        return f"loss exploded ({value:.4g} vs recent median {statistics.median(history):.4g})"
+    return None
+
+
+def optimize(model: torch.nn.Module, params: list[torch.Tensor], loss_fn: LossFn, schedule: Schedule,
+             run: RunConfig, generator: torch.Generator, resume: dict[str, Any] | None = None,
+             checkpoint: CheckpointFn | None = None, on_step: StepCallback | None = None,
+             on_snapshot: Callable[[int], None] | None = None, snapshot_every: int = 0) -> dict[str, float]:
+    """Run ``schedule.iterations`` Adam steps on ``loss_fn`` (resuming from a checkpoint state).
+
+    Returns the last step's loss terms plus ``seconds``, ``iterations`` and ``rollbacks``.
+    """
+    opt = torch.optim.Adam(params, lr=schedule.lr)
+    state = LoopState()
+    if resume is not None:
+        state = _restore(resume, model, opt, generator)
+        log.info("%s: resuming at step %d of %d", schedule.name, state.step, schedule.iterations)
+    good = _capture(model, opt, generator, state)
+    history: deque[float] = deque(maxlen=EXPLODE_HISTORY)
+    stats: dict[str, float] = dict(resume.get("stats", {})) if resume else {}
+    t_session = time.perf_counter()
+    seconds_before = state.seconds
+
+    def save() -> None:
+        state.seconds = seconds_before + time.perf_counter() - t_session
+        if checkpoint is not None:
+            checkpoint({**_capture(model, opt, generator, state), "stats": stats})
+
+    while state.step < schedule.iterations:
+        if interrupt_requested():
+            save()
+            raise KeyboardInterrupt
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr_at(state.step, state.lr_scale)
+        terms = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        if math.isfinite(terms["loss"].item()):
+            terms["loss"].backward()
+        problem = _is_bad(terms["loss"], params, history, run)
+        if problem is not None:
+            state = _rollback(problem, state, good, model, opt, generator, schedule, run, stats)
+            history.clear()
+            continue
+        opt.step()
+        state.step += 1
+        history.append(terms["loss"].item())
+        stats = {k: v.item() for k, v in terms.items()}
+        if on_step is not None:
+            on_step(state.step - 1, stats)
+        if on_snapshot is not None and snapshot_every and state.step % snapshot_every == 0:
+            on_snapshot(state.step)
+        if state.step % run.guard_every == 0:
+            good = _capture(model, opt, generator, state)
+        if state.step % run.checkpoint_every == 0 or state.step == schedule.iterations:
+            save()
+    state.seconds = seconds_before + time.perf_counter() - t_session
+    return {**stats, "seconds": state.seconds, "iterations": schedule.iterations, "rollbacks": state.rollbacks}
+
+
+def _rollback(problem: str, state: LoopState, good: dict[str, Any], model: torch.nn.Module,
+              opt: torch.optim.Optimizer, gen: torch.Generator, schedule: Schedule, run: RunConfig,
+              stats: dict[str, float]) -> LoopState:
+    """Load the last good state; the rollback count and the lowered lr carry on from ``state``."""
+    restored = _restore(good, model, opt, gen)
+    restored.rollbacks = state.rollbacks + 1
+    restored.lr_scale = state.lr_scale * run.rollback_lr_factor
+    if restored.rollbacks > run.max_rollbacks:
+        raise DivergenceError(f"{schedule.name} diverged at step {state.step}: {problem}; gave up after "
+                              f"{run.max_rollbacks} rollbacks (last good step {restored.step})", stats)
+    log.warning("%s: %s at step %d; rolled back to step %d with lr x%.3g", schedule.name, problem,
+                state.step, restored.step, restored.lr_scale)
+    return restored

@@ -1,0 +1,55 @@
+"""`fastsider batch`: a corrupt photo is recorded and does not stop the others; a rerun does no work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from fastsider.cli import main
+from fit_helpers import TINY_FIT
+
+
+def _batch_argv(inp, out, *extra):
+    argv = ["batch", str(inp), "--out", str(out), "--seed", "1", *extra]
+    for t in (*TINY_FIT, "stage1.iterations=100", "stage2.iterations=2"):
+        argv += ["--set", t]
+    return argv
+
+
+def test_batch_records_a_bad_photo_finishes_the_rest_and_reruns_for_free(tmp_path, example_files, monkeypatch,
+                                                                        capsys):
+    photo, _ = example_files
+    inp, out = tmp_path / "photos", tmp_path / "meshes"
+    (inp / "sub").mkdir(parents=True)
+    shutil.copy(photo, inp / "a.png")
+    shutil.copy(photo, inp / "sub" / "b.png")
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+    assert main(_batch_argv(inp, out, "--jobs", "2")) == 1  # one failure -> exit 1, the others done
+    err = capsys.readouterr().err
+    assert "1 photo(s) failed" in err
+    manifest = json.loads((out / "manifest.json").read_text())["images"]
+    assert {k: v["status"] for k, v in manifest.items()} == {"a.png": "done", "sub/b.png": "done",
+                                                              "broken.jpg": "failed"}
+    assert "broken.jpg" in manifest["broken.jpg"]["reason"]
+    for rel in ("a", "sub/b"):
+        assert (out / rel / "mesh.ply").is_file() and (out / rel / "summary.json").is_file()
+    assert not (out / "broken").exists() or not any((out / "broken").iterdir())
+    a = np.load(out / "a" / "depth.npy")
+    assert np.array_equal(a, np.load(out / "sub" / "b" / "depth.npy"))  # same photo, same seed
+
+    import fastsider.stages.batch as batch
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a finished batch was fitted again")
+    monkeypatch.setattr(batch, "fit_one", no_fit)
+    assert main(_batch_argv(inp, out)) == 1  # the failure is still reported, but nothing is redone
+    assert "skipped 3" in capsys.readouterr().err
+
+    monkeypatch.undo()
+    (inp / "broken.jpg").unlink()
+    assert main(_batch_argv(inp, out, "--set", "stage2.iterations=3")) == 0  # new config: both redone
+    manifest = json.loads((out / "manifest.json").read_text())["images"]
+    assert manifest["a.png"]["status"] == "done"

@@ -1,0 +1,207 @@
+"""Runs that survive: divergence rollback, determinism, kill/Ctrl-C and resume, refused checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from fastsider.cli import main
+from fastsider.config import RunConfig
+from fastsider.stages.checkpoint import CHECKPOINT_NAME
+from fastsider.stages.fit import PARTIAL_DIR
+from fastsider.stages.loop import DivergenceError, Schedule, optimize
+from fit_helpers import fit_argv
+
+# --------------------------------------------------------------------------------------------
+# divergence guard on a toy least-squares problem (the loop is the same one both stages use)
+
+
+def _toy_problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    model = torch.nn.Linear(4, 1)
+    return model, x, y, torch.Generator().manual_seed(seed)
+
+
+def _loss_fn(model, x, y, gen, poison: dict[int, float]):
+    """Batch MSE; on call number k in ``poison`` the loss is multiplied by poison[k] (NaN, 1e6 ...)."""
+    calls = {"n": 0}
+
+    def fn():
+        idx = torch.randint(len(x), (32,), generator=gen)
+        loss = ((model(x[idx])[:, 0] - y[idx]) ** 2).mean()
+        factor = poison.get(calls["n"], 1.0)
+        calls["n"] += 1
+        return {"loss": loss * factor}
+    return fn
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), 1e6])
+def test_a_bad_step_is_rolled_back_and_training_finishes(poison):
+    run = RunConfig(guard_every=5, max_rollbacks=2)
+    model, x, y, gen = _toy_problem()
+    stats = optimize(model, list(model.parameters()), _loss_fn(model, x, y, gen, {23: poison}),
+                     Schedule("toy", 600, 0.05), run, gen)
+    assert stats["rollbacks"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the problem is still solved: weights recover the true ones
+    assert torch.allclose(model.weight[0], torch.tensor([1.0, -2.0, 0.5, 3.0]), atol=0.05)
+
+
+def test_persistent_divergence_stops_with_the_last_good_state():
+    run = RunConfig(guard_every=5, max_rollbacks=2)
+    model, x, y, gen = _toy_problem()
+    saved = {}
+
+    def remember(step):  # the guard's last good state is the one at the last multiple of 5
+        if step % 5 == 0:
+            saved[step] = [p.detach().clone() for p in model.parameters()]
+    fn = _loss_fn(model, x, y, gen, {k: float("nan") for k in range(12, 10_000)})
+    with pytest.raises(DivergenceError, match="gave up after 2 rollbacks"):
+        optimize(model, list(model.parameters()), fn, Schedule("toy", 100, 0.05), run, gen,
+                 on_snapshot=remember, snapshot_every=1)
+    for p, q in zip(model.parameters(), saved[10]):
+        assert torch.equal(p, q)
+
+
+# --------------------------------------------------------------------------------------------
+# determinism, resume after a kill, resume after Ctrl-C (real subprocesses and signals)
+
+
+
+def _mesh(path: Path) -> np.ndarray:
+    return np.asarray(trimesh.load(path, process=False).vertices)
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fastsider.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step: int, timeout: float = 120):
+    ckpt = out / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.stderr.read()
+        if ckpt.is_file():
+            state = torch.load(ckpt, weights_only=False)  # replaced atomically: always whole
+            if state["stage"] == stage and state["loop"]["step"] >= min_step:
+                return state
+        time.sleep(0.05)
+    raise AssertionError(f"no {stage} checkpoint at step >= {min_step} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, example_files):
+    photo, lmk = example_files
+    out = tmp_path_factory.mktemp("uninterrupted")
+    argv = fit_argv(photo, lmk, out, "run.checkpoint_every=20", "stage2.iterations=30")
+    assert main(argv) == 0
+    return argv, out
+
+
+def test_same_seed_gives_identical_outputs(tmp_path, example_files, reference_run):
+    photo, lmk = example_files
+    _, ref = reference_run
+    assert main(fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")) == 0
+    assert np.array_equal(_mesh(ref / "mesh.ply"), _mesh(tmp_path / "mesh.ply"))
+    assert np.array_equal(np.load(ref / "depth.npy"), np.load(tmp_path / "depth.npy"))
+    assert not (tmp_path / PARTIAL_DIR).exists()  # a finished run leaves no checkpoint behind
+
+
+def test_killed_run_resumes_to_the_same_mesh(tmp_path, example_files, reference_run):
+    photo, lmk = example_files
+    _, ref = reference_run
+    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")
+    proc = _start(argv)
+    _wait_for_checkpoint(proc, tmp_path, "stage2", 20)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "mesh.ply").exists()
+    assert main(argv + ["--resume"]) == 0
+    np.testing.assert_allclose(_mesh(tmp_path / "mesh.ply"), _mesh(ref / "mesh.ply"), atol=1e-4)
+    import json
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == "stage2 step 20"
+
+
+def test_ctrl_c_leaves_no_outputs_and_resumes(tmp_path, example_files, reference_run):
+    photo, lmk = example_files
+    _, ref = reference_run
+    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")
+    proc = _start(argv)
+    _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert [p.name for p in tmp_path.iterdir()] == [PARTIAL_DIR]  # nothing but the hidden state
+    assert main(argv + ["--resume"]) == 0
+    np.testing.assert_allclose(_mesh(tmp_path / "mesh.ply"), _mesh(ref / "mesh.ply"), atol=1e-4)
+
+
+def test_a_checkpoint_from_another_config_or_input_is_refused(tmp_path, example_files, capsys):
+    photo, lmk = example_files
+    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage1.iterations=40")
+    proc = _start(argv)
+    _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(argv + ["--set", "stage2.lr=0.01", "--resume"]) == 2
+    assert "different config" in capsys.readouterr().err
+    other = tmp_path.parent / "other_landmarks.npy"
+    np.save(other, np.load(lmk) + 0.5)
+    moved = [other if a == str(lmk) else a for a in argv]
+    assert main([str(a) for a in moved] + ["--resume"]) == 2
+    assert "different input" in capsys.readouterr().err
+    assert (tmp_path / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME).is_file()  # kept for a right resume
+    assert not (tmp_path / "mesh.ply").exists()
+
+
+def _poison_color_loss(monkeypatch, bad_calls):
+    """Make the stage-2 colour term NaN on the given call numbers."""
+    from fastsider.sdf import losses
+
+    real, calls = losses.color_l1, {"n": 0}
+
+    def poisoned(pred, target):
+        calls["n"] += 1
+        value = real(pred, target)
+        return value * float("nan") if calls["n"] in bad_calls else value
+    monkeypatch.setattr(losses, "color_l1", poisoned)
+
+
+def test_fit_with_an_injected_nan_rolls_back_and_finishes(tmp_path, example_files, monkeypatch):
+    import json
+
+    photo, lmk = example_files
+    _poison_color_loss(monkeypatch, {3})
+    assert main(fit_argv(photo, lmk, tmp_path, "stage2.iterations=8", "run.guard_every=2")) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stage2"]["rollbacks"] == 1 and summary["diverged"] is None
+    assert np.isfinite(_mesh(tmp_path / "mesh.ply")).all()
+
+
+def test_fit_that_keeps_diverging_stops_with_an_error_and_the_last_good_mesh(tmp_path, example_files,
+                                                                            monkeypatch, capsys):
+    import json
+
+    photo, lmk = example_files
+    _poison_color_loss(monkeypatch, set(range(5, 1000)))
+    assert main(fit_argv(photo, lmk, tmp_path, "stage2.iterations=8", "run.guard_every=2",
+                         "run.max_rollbacks=2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage 2 diverged" in err[0] and "last good state" in err[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged"] and summary["stage2"]["diverged"]
+    mesh = _mesh(tmp_path / "mesh.ply")
+    assert len(mesh) > 100 and np.isfinite(mesh).all()
