@@ -130,6 +130,7 @@ class CoarseStageConfig:
     eikonal_weight: float = 1e-4
     near_std_mm: tuple[float, ...] = (0.5, 3.0, 10.0)  # Gaussian offsets of near-surface samples
     uniform_fraction: float = 0.1      # share of samples uniform in the box
+    max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class DetailStageConfig:
     eikonal_weight: float = 1e-4
     sdf_points_per_batch: int = 4096
     snapshot_every: int = 100          # 0: no progress snapshots
+    max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
 
 
 @dataclass(frozen=True)

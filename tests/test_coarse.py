@@ -102,3 +102,15 @@ def test_user_mesh_path_round_trip(tmp_path, example_files):
     b = trimesh.load(second / "coarse.ply", process=False)
     np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-4)
     assert not (second / "landmarks.npy").exists()  # no detection on this path
+
+
+def test_mid_surface_undoes_the_shell_offset_on_a_sphere():
+    """Points on the outer sheet of a shell around a 50 mm sphere go back to radius 50 mm."""
+    from fastsider.sdf.shell import to_mid_surface
+
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(200, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    outer = dirs * (50.0 + 0.5)                      # shell of 1 mm: outer sheet at r + eps/2
+    back = to_mid_surface(outer, dirs * 3.0, 0.5)  # normals need not be unit length
+    np.testing.assert_allclose(np.linalg.norm(back, axis=1), 50.0, atol=1e-9)

@@ -59,3 +59,14 @@ class ShellSDF:
         """SDF_GT [n_pts] at points [n_pts, 3] (tensor in, tensor out, no gradient)."""
         d = self.distance(x_unit.detach().cpu().numpy())
         return torch.as_tensor(d - self.half_thickness, dtype=x_unit.dtype, device=x_unit.device)
+
+
+def to_mid_surface(points_mm: np.ndarray, outward_normals: np.ndarray, half_thickness_mm: float) -> np.ndarray:
+    """Move points [n_pts, 3] of the shell's outer sheet back onto the surface it was built around.
+
+    x_mid = x - eps/2 * n. The zero set of SDF_GT is the coarse surface offset by eps/2 along its
+    normal; the detail stage perturbs that offset sheet, so undoing the offset puts the result in the
+    coarse mesh's place (exact for a smooth surface whose curvature radius exceeds eps/2).
+    """
+    n = outward_normals / np.linalg.norm(outward_normals, axis=1, keepdims=True).clip(1e-12)
+    return points_mm - half_thickness_mm * n

@@ -52,6 +52,6 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
         l_eik = losses.eikonal(sample.gradient)
         return {"loss": l_sdf + cfg.eikonal_weight * l_eik, "sdf_mm": l_sdf * losses.MM_PER_M, "eikonal": l_eik}
 
-    schedule = Schedule("stage 1", cfg.iterations, cfg.lr, cfg.lr_decay)
+    schedule = Schedule("stage 1", cfg.iterations, cfg.lr, cfg.lr_decay, cfg.max_seconds)
     return optimize(model, list(model.geometry.parameters()), loss_fn, schedule, run, generator,
                     resume=resume, checkpoint=checkpoint, on_step=on_step)

@@ -71,7 +71,7 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         terms["sdf_mm"] = terms.pop("sdf") * losses.MM_PER_M
         return terms
 
-    schedule = Schedule("stage 2", cfg.iterations, cfg.lr)
+    schedule = Schedule("stage 2", cfg.iterations, cfg.lr, max_seconds=cfg.max_seconds)
     return optimize(model, list(model.parameters()), loss_fn, schedule, run, generator, resume=resume,
                     checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
                     snapshot_every=cfg.snapshot_every)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import trimesh
 
 from fastsider import __version__
 from fastsider.config import FitConfig, to_dict
@@ -21,7 +22,7 @@ from fastsider.nn.mlp import resolve_backend
 from fastsider.render import depth_picture, normal_map, overlay, raycast_mesh
 from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.mesh import extract_face_mesh
-from fastsider.sdf.shell import Normalization, ShellSDF
+from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
 from fastsider.stages.detail import face_rays, fit_details
@@ -56,7 +57,8 @@ class FitState:
     norm: Normalization
     shell: ShellSDF
     model: SiderModel
-    grid: OccupancyGrid | None
+    grid: OccupancyGrid | None   # empty-space skipping for tracing (None: plain tracing, the paper)
+    mesh_band: OccupancyGrid     # where marching cubes evaluates the SDF (always the coarse band)
     face_mask: np.ndarray   # [S, S] bool, pixels the coarse face covers
     device: torch.device
 
@@ -68,12 +70,11 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     backend = resolve_backend(cfg.model.backend, device)
     model = SiderModel(cfg.model, backend).to(device)
     log.info("networks: %s implementation on %s, normals by %s", backend, device, model.normal_mode)
-    grid = None
-    if cfg.trace.use_occupancy_grid:
-        grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
-                                   device=device)
+    band = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
+                               device=device)
+    grid = band if cfg.trace.use_occupancy_grid else None
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
-    return FitState(prep, norm, shell, model, grid, face_mask, device)
+    return FitState(prep, norm, shell, model, grid, band, face_mask, device)
 
 
 def fit_input_files(image: str | Path | None, inputs: CoarseInputs) -> list[tuple[str, Path | None]]:
@@ -177,7 +178,9 @@ def view_images(st: FitState, cfg: FitConfig, rays: RayBundle) -> dict[str, np.n
     normals = np.zeros((size, size, 3))
     normals[pix[:, 1], pix[:, 0]] = r.normals.cpu().numpy()
     depth = np.zeros((size, size))
-    depth[pix[:, 1], pix[:, 0]] = st.norm.to_mm(r.points.cpu().numpy())[:, 2]
+    points_mm = to_mid_surface(st.norm.to_mm(r.points.cpu().numpy()), r.normals.cpu().numpy(),
+                               cfg.shell.thickness_mm / 2.0)
+    depth[pix[:, 1], pix[:, 0]] = points_mm[:, 2]
     render = np.ones_like(st.prep.image)
     render[pix[:, 1], pix[:, 0]] = r.rgb.cpu().numpy()
     return {"mask": mask, "normals": normals, "depth": depth, "render": render}
@@ -192,12 +195,14 @@ def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -
 def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:
     prep = st.prep
     write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
-    verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.grid, cfg.mesh.resolution, prep.coarse.camera,
+    verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.mesh_band, cfg.mesh.resolution, prep.coarse.camera,
                                      st.face_mask, st.device, cfg.mesh.chunk_points)
     if len(faces) == 0:
         raise FastsiderError("the detailed surface came out empty (no zero level set in the face region)")
     if not np.all(np.isfinite(verts)):
         raise FastsiderError("the detailed surface has non-finite vertices; not writing it")
+    normals = trimesh.Trimesh(verts, faces, process=False).vertex_normals
+    verts = to_mid_surface(verts, normals, cfg.shell.thickness_mm / 2.0)
     save_mesh(out.path(mesh_name), verts, faces)
     if len(prep.coarse.landmark_ids):
         write_now_landmarks(out, "landmarks7.txt", prep.coarse.landmarks_3d, prep.coarse.landmark_ids)
@@ -210,6 +215,16 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     save_image(out.path("overlay.png"), overlay(photo, raycast_mesh(verts, faces, cam)))
     return {"mesh_vertices": int(len(verts)), "mesh_faces": int(len(faces)),
             "coarse_vertices": int(len(prep.coarse.vertices))}
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (and CUDA's max allocated on a GPU), MB."""
+    import resource
+
+    peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # Linux: KiB
+    if device.type == "cuda":
+        peak["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 def make_summary(cfg: FitConfig, st: FitState, s1: dict, s2: dict, seconds: dict, outputs: dict,
@@ -228,5 +243,6 @@ def make_summary(cfg: FitConfig, st: FitState, s1: dict, s2: dict, seconds: dict
         "stage1": s1,
         "stage2": s2,
         "outputs": outputs,
+        "peak_memory_mb": peak_memory_mb(st.device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }

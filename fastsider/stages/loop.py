@@ -49,12 +49,13 @@ class DivergenceError(FastsiderError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """lr(step) = lr * lr_scale * lr_decay ** (step / iterations)."""
+    """lr(step) = lr * lr_scale * lr_decay ** (step / iterations); stops early after max_seconds (> 0)."""
 
     name: str
     iterations: int
     lr: float
     lr_decay: float = 1.0
+    max_seconds: float = 0.0
 
     def lr_at(self, step: int, lr_scale: float) -> float:
         return self.lr * lr_scale * self.lr_decay ** (step / max(self.iterations, 1))
@@ -162,7 +163,11 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor], loss_fn: LossFn
         if checkpoint is not None:
             checkpoint({**_capture(model, opt, generator, state), "stats": stats})
 
-    while state.step < schedule.iterations:
+    def out_of_time() -> bool:
+        spent = seconds_before + time.perf_counter() - t_session
+        return schedule.max_seconds > 0 and spent >= schedule.max_seconds
+
+    while state.step < schedule.iterations and not out_of_time():
         if interrupt_requested():
             save()
             raise KeyboardInterrupt
@@ -189,8 +194,12 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor], loss_fn: LossFn
             good = _capture(model, opt, generator, state)
         if state.step % run.checkpoint_every == 0 or state.step == schedule.iterations:
             save()
+    if state.step < schedule.iterations:
+        log.info("%s: time budget of %.0f s reached after %d of %d steps", schedule.name, schedule.max_seconds,
+                 state.step, schedule.iterations)
+        save()
     state.seconds = seconds_before + time.perf_counter() - t_session
-    return {**stats, "seconds": state.seconds, "iterations": schedule.iterations, "rollbacks": state.rollbacks}
+    return {**stats, "seconds": state.seconds, "iterations": state.step, "rollbacks": state.rollbacks}
 
 
 def _rollback(problem: str, state: LoopState, good: dict[str, Any], model: torch.nn.Module,
