@@ -104,6 +104,11 @@ class RenderingNetConfig:
     )
     use_feature: bool = False        # paper Fig. 4 ablation switches (reference: both on)
     use_normal: bool = True
+    # "mlp": the paper's g(x, n, v, feature) -> rgb. "albedo_sh": rgb = albedo(x) * SH2(n), an MLP
+    # albedo of the encoded position times a learned 2nd-order spherical-harmonics shading of the
+    # normal (Lambertian skin under smooth light, as in face capture); the network can only make a
+    # wrinkle's shading through the normal, as long as the albedo's frequencies stay below it
+    shading: Literal["mlp", "albedo_sh"] = "mlp"
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ShellConfig:
-    thickness_mm: float = 1.0          # eps: SDF_GT = dist(x, mesh) - eps/2
+    target: Literal["shell", "signed"] = "shell"  # shell: the paper's dist - eps/2; signed: pseudonormal SDF
+    thickness_mm: float = 1.0          # eps: SDF_GT = dist(x, mesh) - eps/2 (target "shell")
     box_margin: float = 0.15           # normalization box = coarse bbox grown by this fraction
 
 
@@ -131,6 +137,7 @@ class CoarseStageConfig:
     near_std_mm: tuple[float, ...] = (0.5, 3.0, 10.0)  # Gaussian offsets of near-surface samples
     uniform_fraction: float = 0.1      # share of samples uniform in the box
     max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
+    active_frequencies: float = 0.0    # geometry encoding frequencies used in stage 1 (coarse-to-fine); 0 = all
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,8 @@ class DetailStageConfig:
     sdf_points_per_batch: int = 4096
     snapshot_every: int = 100          # 0: no progress snapshots
     max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
+    anneal_iterations: int = 0         # steps over which the remaining geometry frequencies fade in
+    rendering_lr_factor: float = 1.0   # the rendering net's lr = lr x this (it starts from scratch here)
 
 
 @dataclass(frozen=True)

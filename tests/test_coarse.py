@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import trimesh
 
 from fastsider.camera import Camera, pixel_rays, project, unproject
@@ -114,3 +115,44 @@ def test_mid_surface_undoes_the_shell_offset_on_a_sphere():
     outer = dirs * (50.0 + 0.5)                      # shell of 1 mm: outer sheet at r + eps/2
     back = to_mid_surface(outer, dirs * 3.0, 0.5)  # normals need not be unit length
     np.testing.assert_allclose(np.linalg.norm(back, axis=1), 50.0, atol=1e-9)
+
+
+def test_meshing_keeps_the_front_sheet_of_a_shell_and_the_mid_surface_is_the_plane():
+    """A 1 mm shell around the plane z = 600 mm: the kept sheet is the camera-facing one (599.5 mm),
+    oriented towards the camera; moved to the mid-surface it lies on the plane."""
+    import torch
+
+    from fastsider.sdf.mesh import extract_face_mesh
+    from fastsider.sdf.shell import Normalization, to_mid_surface
+
+    cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
+    norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
+    plane_z = (600.0 - norm.centre[2]) / norm.half_size
+
+    def shell_sdf(x):  # unit box in, unit box out
+        return (x[:, 2] - plane_z).abs() - 0.5 / norm.half_size
+    verts, faces = extract_face_mesh(shell_sdf, norm, None, 96, cam, np.ones((64, 64), bool),
+                                     torch.device("cpu"), 1 << 16)
+    mesh = trimesh.Trimesh(verts, faces, process=False)
+    assert len(faces) > 100
+    np.testing.assert_allclose(verts[:, 2], 599.5, atol=1e-3)
+    assert (mesh.face_normals[:, 2] < -0.99).all()  # towards the camera (-z)
+    mid = to_mid_surface(verts, mesh.vertex_normals, 0.5)
+    np.testing.assert_allclose(mid[:, 2], 600.0, atol=1e-3)
+
+
+def test_signed_target_is_the_signed_distance_to_a_camera_facing_plane():
+    """target='signed': zero on the mesh, positive towards the camera, |.| the exact distance."""
+    from fastsider.sdf.shell import Normalization, ShellSDF
+    from synthetic_scenes import height_field_mesh
+
+    mesh = height_field_mesh(100.0, 600.0, 21, bump_mm=0.0, sigma_mm=10.0)  # faces towards the camera (-z)
+    norm = Normalization.around(mesh.vertices, 0.15)
+    sdf = ShellSDF(mesh.vertices, mesh.faces, 1.0, norm, target="signed")
+    z_mm = np.array([590.0, 599.0, 600.0, 603.0])
+    pts = norm.to_unit(np.stack([np.zeros(4), np.full(4, 10.0), z_mm], 1))
+    np.testing.assert_allclose(sdf.sdf(pts) * norm.half_size, 600.0 - z_mm, atol=1e-9)
+    assert sdf.surface_offset_mm == 0.0
+    shell = ShellSDF(mesh.vertices, mesh.faces, 1.0, norm, target="shell")
+    np.testing.assert_allclose(shell.sdf(pts) * norm.half_size, np.abs(600.0 - z_mm) - 0.5, atol=1e-9)
+    assert shell.surface_offset_mm == pytest.approx(0.5)

@@ -85,3 +85,55 @@ def test_rendering_ablation_switches_change_inputs():
     no_feat = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_feature=False)), "torch")
     n_full = full.rendering.mlp.layers[0].in_features
     assert no_feat.rendering.mlp.layers[0].in_features == n_full - cfg.geometry.feature_dim
+
+
+def test_coarse_to_fine_encoding_weights():
+    """alpha = F is the plain encoding; alpha = k passes frequencies below k only; half-way fades."""
+    from fastsider.config import EncodingConfig
+    from fastsider.nn.encoding import FrequencyEncoding
+
+    enc = FrequencyEncoding(3, EncodingConfig(n_frequencies=4))
+    x = torch.rand(7, 3) * 2 - 1
+    full = enc(x)
+    enc.set_active(2.0)
+    two = enc(x).reshape(7, -1)
+    per_freq = two[:, 3:].reshape(7, 4, 2, 3)
+    assert torch.equal(two[:, :3], x)                               # raw x always passes
+    assert torch.allclose(per_freq[:, :2], full[:, 3:].reshape(7, 4, 2, 3)[:, :2])
+    assert per_freq[:, 2:].abs().max() == 0
+    enc.set_active(2.5)                                             # w_2 = (1 - cos(pi/2)) / 2 = 0.5
+    half = enc(x)[:, 3:].reshape(7, 4, 2, 3)
+    assert torch.allclose(half[:, 2], 0.5 * full[:, 3:].reshape(7, 4, 2, 3)[:, 2])
+    assert "active" in enc.state_dict()                             # checkpoints keep alpha
+
+
+def test_albedo_sh_shading_is_lambertian_in_the_normal():
+    """rgb = albedo(x) * (c0 + c3 n_z): doubling the lit term's share changes colour as the formula says."""
+    from fastsider.config import ModelConfig, RenderingNetConfig
+    from fastsider.nn.fields import SiderModel
+
+    cfg = ModelConfig(rendering=RenderingNetConfig(shading="albedo_sh"))
+    net = SiderModel(cfg, "torch").rendering
+    with torch.no_grad():
+        net.sh.zero_()
+        net.sh[:, 0] = 0.3
+        net.sh[:, 3] = -0.6          # light from the camera: -z normals are lit
+    x = torch.rand(5, 3)
+    n = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    rgb = net(x, n, n, torch.zeros(5, 16))
+    albedo = net(x, torch.tensor([[0.0, 0.0, -1.0]]).expand(5, 3), n, torch.zeros(5, 16)) / 0.9
+    expected = albedo * (0.3 - 0.6 * n[:, 2:3]).clamp_min(0)
+    assert torch.allclose(rgb, expected, atol=1e-6)
+
+
+def test_silenced_frequencies_do_not_change_the_sdf_when_faded_in():
+    from fastsider.config import GeometryNetConfig, EncodingConfig
+    from fastsider.nn.fields import GeometryNet
+
+    net = GeometryNet(GeometryNetConfig(encoding=EncodingConfig(n_frequencies=8)), "torch")
+    x = torch.rand(50, 3) * 2 - 1
+    net.encoding.set_active(6)
+    net.silence_frequencies(6)
+    before = net.sdf(x)
+    net.encoding.set_active(8)
+    assert torch.allclose(net.sdf(x), before, atol=1e-6)

@@ -32,25 +32,64 @@ class GeometryNet(torch.nn.Module):
     def sdf(self, x: Tensor) -> Tensor:  # [n_pts, 3] -> [n_pts]
         return self.forward(x)[0]
 
+    @torch.no_grad()
+    def silence_frequencies(self, first: int) -> None:
+        """Zero the input weights of encoding frequencies >= ``first`` (torch MLP), so that fading
+        them in later (coarse-to-fine) starts from the current function instead of random noise."""
+        layers = getattr(self.mlp, "layers", None)
+        if layers is None:
+            return  # tcnn: its padded weights are not addressable per input; annealing alone applies
+        d = self.encoding.n_input_dims
+        start = d + 2 * d * first  # encoding layout: [x (d), then per frequency sin (d), cos (d)]
+        stop = self.encoding.n_output_dims
+        layers[0].weight[:, start:stop] = 0.0
+        for i in getattr(self.mlp, "skip_layers", ()):
+            if i > 0:
+                layers[i].weight[:, layers[i].in_features - stop + start:] = 0.0
+
 
 class RenderingNet(torch.nn.Module):
     def __init__(self, cfg: RenderingNetConfig, feature_dim: int, backend: str):
         super().__init__()
         self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal
+        self.shading = cfg.shading
+        if self.shading == "albedo_sh" and not cfg.use_normal:
+            raise ValueError("rendering.shading = 'albedo_sh' needs use_normal = true (shading is a function of n)")
         self.pos_encoding = FrequencyEncoding(3, cfg.encoding)
         self.view_encoding = FrequencyEncoding(3, cfg.view_encoding)
-        n_in = (self.pos_encoding.n_output_dims + self.view_encoding.n_output_dims
-                + (3 if cfg.use_normal else 0) + (feature_dim if cfg.use_feature else 0))
+        feature_in = feature_dim if cfg.use_feature else 0
+        if self.shading == "albedo_sh":
+            n_in = self.pos_encoding.n_output_dims + feature_in
+            # shading starts as a constant 1 (albedo explains the image); light is learned from there
+            self.sh = torch.nn.Parameter(torch.zeros(3, N_SH).index_fill_(1, torch.tensor([0]), 1.0))
+        else:
+            n_in = (self.pos_encoding.n_output_dims + self.view_encoding.n_output_dims
+                    + (3 if cfg.use_normal else 0) + feature_in)
         self.mlp = make_mlp(n_in, 3, cfg.network, backend)
 
     def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
         """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
-        parts = [self.pos_encoding(x), self.view_encoding(view_dirs)]
+        parts = [self.pos_encoding(x)]
+        if self.shading == "albedo_sh":
+            if self.use_feature:
+                parts.append(features)
+            albedo = self.mlp(torch.cat(parts, dim=-1))
+            return albedo * (sh_basis(normals) @ self.sh.T).clamp_min(0.0)
+        parts.append(self.view_encoding(view_dirs))
         if self.use_normal:
             parts.append(normals)
         if self.use_feature:
             parts.append(features)
         return self.mlp(torch.cat(parts, dim=-1))
+
+
+N_SH = 9  # real spherical harmonics up to order 2
+
+
+def sh_basis(n: Tensor) -> Tensor:
+    """Unnormalized real SH basis up to order 2 of unit normals [n_pts, 3] -> [n_pts, 9]."""
+    x, y, z = n.unbind(-1)
+    return torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0], dim=-1)
 
 
 class SdfSample(NamedTuple):

@@ -52,8 +52,9 @@ def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | 
     if not (vol.min() < 0.0 < vol.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     spacing = 2.0 / (resolution - 1)
-    # 'ascent': normals point to increasing SDF, i.e. outwards
-    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(spacing,) * 3, gradient_direction="ascent")
+    # skimage's 'descent' (object = low values, like an SDF's inside) winds faces with outward
+    # normals; 'ascent' would wind them inward and front_sheet would keep the back of the shell
+    verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(spacing,) * 3, gradient_direction="descent")
     verts_mm = norm.to_mm(verts - 1.0)
     faces = front_sheet(verts_mm, faces, camera, face_mask)
     mesh = trimesh.Trimesh(verts_mm, faces, process=False)

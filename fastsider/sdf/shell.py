@@ -43,12 +43,34 @@ class Normalization:
 
 
 class ShellSDF:
-    """SDF_GT of a triangle mesh shell, queried in the unit box, answered in unit-box units."""
+    """SDF_GT of the coarse mesh, queried in the unit box, answered in unit-box units.
 
-    def __init__(self, vertices_mm: np.ndarray, faces: np.ndarray, thickness_mm: float, norm: Normalization):
+    ``target="shell"`` (the paper): dist(x, mesh) - eps/2, a closed sheet of width eps whose outer
+    side lies eps/2 in front of the mesh. ``target="signed"``: the signed distance with libigl's
+    angle-weighted pseudonormals (positive on the side the faces point to, i.e. towards the camera);
+    its zero set is the mesh itself, and near the face it is a smooth half-space-like field that a
+    small MLP fits without the thin negative sheet a shell needs (no holes when stage 2 moves it).
+    Beyond the open border the sign continues the surface tangentially; rays and meshing stay
+    inside the face, so that skirt is never seen.
+    """
+
+    def __init__(self, vertices_mm: np.ndarray, faces: np.ndarray, thickness_mm: float, norm: Normalization,
+                 target: str = "shell"):
+        if target not in ("shell", "signed"):
+            raise ValueError(f"unknown SDF target {target!r}")
         self.vertices = np.ascontiguousarray(norm.to_unit(vertices_mm), dtype=np.float64)
         self.faces = np.ascontiguousarray(faces, dtype=np.int64)
-        self.half_thickness = thickness_mm / 2.0 / norm.half_size
+        self.target = target
+        self.half_thickness = thickness_mm / 2.0 / norm.half_size if target == "shell" else 0.0
+        self.surface_offset_mm = self.half_thickness * norm.half_size  # zero set's offset from the mesh
+
+    def sdf(self, x_unit: np.ndarray) -> np.ndarray:
+        """SDF_GT [n_pts] at points [n_pts, 3]."""
+        if self.target == "shell":
+            return self.distance(x_unit) - self.half_thickness
+        s, _, _, _ = igl.signed_distance(np.ascontiguousarray(x_unit, dtype=np.float64), self.vertices, self.faces,
+                                         sign_type=igl.SIGNED_DISTANCE_TYPE_PSEUDONORMAL)
+        return s
 
     def distance(self, x_unit: np.ndarray) -> np.ndarray:
         """Unsigned distance [n_pts] from points [n_pts, 3] to the mesh."""
@@ -57,8 +79,7 @@ class ShellSDF:
 
     def __call__(self, x_unit: Tensor) -> Tensor:
         """SDF_GT [n_pts] at points [n_pts, 3] (tensor in, tensor out, no gradient)."""
-        d = self.distance(x_unit.detach().cpu().numpy())
-        return torch.as_tensor(d - self.half_thickness, dtype=x_unit.dtype, device=x_unit.device)
+        return torch.as_tensor(self.sdf(x_unit.detach().cpu().numpy()), dtype=x_unit.dtype, device=x_unit.device)
 
 
 def to_mid_surface(points_mm: np.ndarray, outward_normals: np.ndarray, half_thickness_mm: float) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,7 +35,7 @@ def sample_point_pool(shell: ShellSDF, n: int, near_std_unit: tuple[float, ...],
     near = surf + rng.normal(size=(n_near, 3)) * stds[:, None]
     uniform = rng.uniform(-1.0, 1.0, size=(n_uniform, 3))
     pts = np.clip(np.concatenate([near, uniform]), -1.0, 1.0)
-    sdf = shell.distance(pts) - shell.half_thickness
+    sdf = shell.sdf(pts)
     return PointPool(torch.tensor(pts, dtype=torch.float32, device=device),
                      torch.tensor(sdf, dtype=torch.float32, device=device))
 
@@ -53,5 +54,9 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
         return {"loss": l_sdf + cfg.eikonal_weight * l_eik, "sdf_mm": l_sdf * losses.MM_PER_M, "eikonal": l_eik}
 
     schedule = Schedule("stage 1", cfg.iterations, cfg.lr, cfg.lr_decay, cfg.max_seconds)
+    encoding = model.geometry.encoding
+    if cfg.active_frequencies > 0 and resume is None:
+        encoding.set_active(cfg.active_frequencies)
+        model.geometry.silence_frequencies(math.ceil(cfg.active_frequencies))
     return optimize(model, list(model.geometry.parameters()), loss_fn, schedule, run, generator,
                     resume=resume, checkpoint=checkpoint, on_step=on_step)

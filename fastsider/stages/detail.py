@@ -59,8 +59,13 @@ def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx
 def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: DetailStageConfig, trace: TraceConfig,
                 unit_mm: float, generator: torch.Generator, on_step: StepCallback | None = None,
                 on_snapshot: Callable[[int], None] | None = None, run: RunConfig = RunConfig(),
-                resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
-    """Adam over both networks, batches of face rays and SDF points. Returns final stats."""
+                resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None,
+                anneal_from: float = 0.0) -> dict[str, float]:
+    """Adam over both networks, batches of face rays and SDF points. Returns final stats.
+
+    ``anneal_from`` > 0: the geometry encoding starts with that many frequencies (stage 1's) and
+    reaches all of them after ``cfg.anneal_iterations`` steps.
+    """
     device = rays.origins.device
     n_rays, n_pts = rays.origins.shape[0], pool.points.shape[0]
 
@@ -72,6 +77,15 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         return terms
 
     schedule = Schedule("stage 2", cfg.iterations, cfg.lr, max_seconds=cfg.max_seconds)
-    return optimize(model, list(model.parameters()), loss_fn, schedule, run, generator, resume=resume,
+    encoding = model.geometry.encoding
+    start = anneal_from if anneal_from > 0 else encoding.n_frequencies
+
+    def anneal(step: int) -> None:  # coarse-to-fine: fade in the frequencies stage 1 left out
+        frac = min(1.0, (step + 1) / cfg.anneal_iterations) if cfg.anneal_iterations > 0 else 1.0
+        encoding.set_active(start + frac * (encoding.n_frequencies - start))
+
+    groups = [{"params": list(model.geometry.parameters())},
+              {"params": list(model.rendering.parameters()), "lr_factor": cfg.rendering_lr_factor}]
+    return optimize(model, groups, loss_fn, schedule, run, generator, resume=resume,
                     checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
-                    snapshot_every=cfg.snapshot_every)
+                    snapshot_every=cfg.snapshot_every, before_step=anneal)

@@ -66,7 +66,7 @@ class FitState:
 def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitState:
     c = prep.coarse
     norm = Normalization.around(c.vertices, cfg.shell.box_margin)
-    shell = ShellSDF(c.vertices, c.faces, cfg.shell.thickness_mm, norm)
+    shell = ShellSDF(c.vertices, c.faces, cfg.shell.thickness_mm, norm, cfg.shell.target)
     backend = resolve_backend(cfg.model.backend, device)
     model = SiderModel(cfg.model, backend).to(device)
     log.info("networks: %s implementation on %s, normals by %s", backend, device, model.normal_mode)
@@ -148,7 +148,8 @@ def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, save
                          _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
                          lambda step: _write_snapshot(out, st, cfg, step), run=cfg.run,
                          resume=saved if stage == "stage2" else None,
-                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}))
+                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}),
+                         anneal_from=cfg.stage1.active_frequencies)
     except DivergenceError as exc:
         log.error("%s", exc)
         failed = {**exc.stats, "diverged": True}
@@ -179,7 +180,7 @@ def view_images(st: FitState, cfg: FitConfig, rays: RayBundle) -> dict[str, np.n
     normals[pix[:, 1], pix[:, 0]] = r.normals.cpu().numpy()
     depth = np.zeros((size, size))
     points_mm = to_mid_surface(st.norm.to_mm(r.points.cpu().numpy()), r.normals.cpu().numpy(),
-                               cfg.shell.thickness_mm / 2.0)
+                               st.shell.surface_offset_mm)
     depth[pix[:, 1], pix[:, 0]] = points_mm[:, 2]
     render = np.ones_like(st.prep.image)
     render[pix[:, 1], pix[:, 0]] = r.rgb.cpu().numpy()
@@ -202,7 +203,7 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     if not np.all(np.isfinite(verts)):
         raise FastsiderError("the detailed surface has non-finite vertices; not writing it")
     normals = trimesh.Trimesh(verts, faces, process=False).vertex_normals
-    verts = to_mid_surface(verts, normals, cfg.shell.thickness_mm / 2.0)
+    verts = to_mid_surface(verts, normals, st.shell.surface_offset_mm)
     save_mesh(out.path(mesh_name), verts, faces)
     if len(prep.coarse.landmark_ids):
         write_now_landmarks(out, "landmarks7.txt", prep.coarse.landmarks_3d, prep.coarse.landmark_ids)

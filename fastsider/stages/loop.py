@@ -139,15 +139,20 @@ def _is_bad(loss: torch.Tensor, params: list[torch.Tensor], history: deque, run:
     return None
 
 
-def optimize(model: torch.nn.Module, params: list[torch.Tensor], loss_fn: LossFn, schedule: Schedule,
+def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str, Any]], loss_fn: LossFn,
+             schedule: Schedule,
              run: RunConfig, generator: torch.Generator, resume: dict[str, Any] | None = None,
              checkpoint: CheckpointFn | None = None, on_step: StepCallback | None = None,
-             on_snapshot: Callable[[int], None] | None = None, snapshot_every: int = 0) -> dict[str, float]:
+             on_snapshot: Callable[[int], None] | None = None, snapshot_every: int = 0,
+             before_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Run ``schedule.iterations`` Adam steps on ``loss_fn`` (resuming from a checkpoint state).
 
     Returns the last step's loss terms plus ``seconds``, ``iterations`` and ``rollbacks``.
     """
-    opt = torch.optim.Adam(params, lr=schedule.lr)
+    # param groups may carry "lr_factor": their lr is the schedule's times that
+    groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
+    opt = torch.optim.Adam([{"lr_factor": 1.0, **g} for g in groups], lr=schedule.lr)
+    params = [p for g in opt.param_groups for p in g["params"]]
     state = LoopState()
     if resume is not None:
         state = _restore(resume, model, opt, generator)
@@ -172,7 +177,9 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor], loss_fn: LossFn
             save()
             raise KeyboardInterrupt
         for group in opt.param_groups:
-            group["lr"] = schedule.lr_at(state.step, state.lr_scale)
+            group["lr"] = schedule.lr_at(state.step, state.lr_scale) * group["lr_factor"]
+        if before_step is not None:
+            before_step(state.step)
         terms = loss_fn()
         opt.zero_grad(set_to_none=True)
         if math.isfinite(terms["loss"].item()):
