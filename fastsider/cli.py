@@ -195,9 +195,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print_table("fastsider bench: mean errors to ground truth (mm / degrees)", TERMINAL_HEADERS,
                     terminal_rows(result))
         red = data["overall"]["mean_case_reduction"]
-        log.info("detail stage vs coarse: scan-to-mesh median %.1f%% lower, mean %.1f%% lower; normal error %.1f%% "
-                 "lower (wrinkles %.1f%%) -> %s", 100 * red["scan_to_mesh_median"], 100 * red["scan_to_mesh_mean"],
-                 100 * red["normal_mean"], 100 * red["wrinkle_normal_mean"], args.out / "bench_report.md")
+        log.info("detail stage vs coarse (reduction; negative = worse): scan-to-mesh median %+.1f%%, mean %+.1f%%; "
+                 "normal error %+.1f%% (wrinkles %+.1f%%) -> %s", 100 * red["scan_to_mesh_median"],
+                 100 * red["scan_to_mesh_mean"], 100 * red["normal_mean"], 100 * red["wrinkle_normal_mean"],
+                 args.out / "bench_report.md")
     return 0
 
 

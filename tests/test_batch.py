@@ -53,3 +53,18 @@ def test_batch_records_a_bad_photo_finishes_the_rest_and_reruns_for_free(tmp_pat
     assert main(_batch_argv(inp, out, "--set", "stage2.iterations=3")) == 0  # new config: both redone
     manifest = json.loads((out / "manifest.json").read_text())["images"]
     assert manifest["a.png"]["status"] == "done"
+
+
+def test_output_folders_never_clash_and_outputs_are_not_inputs(tmp_path):
+    from pathlib import Path
+
+    from fastsider.stages.batch import find_images, output_folders
+
+    folders = output_folders([Path("a.jpg"), Path("a.png"), Path("sub/b.png")])
+    assert folders == {"a.jpg": "a_jpg", "a.png": "a_png", "sub/b.png": "sub/b"}
+    inp = tmp_path / "in"
+    (inp / "out" / "a").mkdir(parents=True)
+    (inp / ".hidden").mkdir()
+    for p in ("x.png", "out/a/normals.png", ".hidden/y.png"):
+        (inp / p).write_bytes(b"")
+    assert [p.name for p in find_images(inp, exclude=inp / "out")] == ["x.png"]

@@ -88,7 +88,7 @@ def _start(argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step: int, timeout: float = 120):
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step: int, timeout: float = 400):
     ckpt = out / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME
     t0 = time.time()
     while time.time() - t0 < timeout:

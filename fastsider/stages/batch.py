@@ -55,13 +55,29 @@ class BatchResult:
         return sum(r.status == status for r in records)
 
 
-def find_images(input_dir: Path) -> list[Path]:
+def find_images(input_dir: Path, exclude: Path | None = None) -> list[Path]:
+    """Photos under ``input_dir`` (recursive), not in hidden folders nor under ``exclude`` (the
+    batch's own output folder, which may sit inside the input folder)."""
     if not input_dir.is_dir():
         raise InputError(f"input folder not found: {input_dir}")
-    images = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    skip = exclude.resolve() if exclude is not None else None
+
+    def wanted(p: Path) -> bool:
+        rel = p.relative_to(input_dir).parts
+        return (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(r.startswith(".") for r in rel)
+                and not (skip is not None and p.resolve().is_relative_to(skip)))
+    images = sorted(p for p in input_dir.rglob("*") if wanted(p))
     if not images:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input_dir}")
     return images
+
+
+def output_folders(rels: list[Path]) -> dict[str, str]:
+    """Output folder per photo: its path without suffix, or with the suffix as '_ext' where two
+    photos would share a folder (a.jpg and a.png)."""
+    stems = [r.with_suffix("").as_posix() for r in rels]
+    clash = {s for s in stems if stems.count(s) > 1}
+    return {r.as_posix(): (s + "_" + r.suffix.lstrip(".").lower() if s in clash else s) for r, s in zip(rels, stems)}
 
 
 def load_manifest(out_dir: Path) -> dict[str, ImageRecord]:
@@ -134,15 +150,16 @@ def default_jobs(cfg: FitConfig) -> int:
 
 def run_batch(input_dir: Path, out_dir: Path, cfg: FitConfig, jobs: int | None = None, retry_failed: bool = False,
               progress: BatchProgress | None = None) -> BatchResult:
-    images = find_images(input_dir)
+    images = find_images(input_dir, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    folders = output_folders([p.relative_to(input_dir) for p in images])
     manifest = load_manifest(out_dir)
     cfg_hash = config_hash(cfg)
     todo: list[tuple[str, Path, ImageRecord]] = []
     skipped: dict[str, ImageRecord] = {}
     for image in images:
         rel = image.relative_to(input_dir).as_posix()
-        rec = ImageRecord("pending", file_hash(image), cfg_hash, str(Path(rel).with_suffix("")))
+        rec = ImageRecord("pending", file_hash(image), cfg_hash, folders[rel])
         if _is_finished(manifest.get(rel), rec.input_hash, cfg_hash, out_dir, retry_failed):
             skipped[rel] = manifest[rel]
         else:
@@ -183,23 +200,32 @@ def _run_pool(todo: list[tuple[str, Path, ImageRecord]], out_dir: Path, cfg: Fit
             gpu_ids.put(k % torch.cuda.device_count())
     threads = max(1, (os.cpu_count() or 1) // jobs)
     interrupted = False
+    pending = list(todo)
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, gpu_ids)) as pool:
-        running: dict[Future, tuple[str, ImageRecord]] = {
-            pool.submit(fit_one, image, out_dir / rec.out, cfg): (rel, rec) for rel, image, rec in todo}
-        while running:
-            try:
+        running: dict[Future, tuple[str, ImageRecord]] = {}
+        try:
+            while pending or running:
+                # at most `jobs` in flight: nothing queued that a Ctrl-C could not cancel
+                while pending and len(running) < jobs and not interrupted:
+                    rel, image, rec = pending.pop(0)
+                    running[pool.submit(fit_one, image, out_dir / rec.out, cfg)] = (rel, rec)
+                if not running:
+                    break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:  # workers checkpoint their fits; photos not started stay pending
-                interrupted = True
-                for fut in running:
-                    fut.cancel()
-                continue
-            for fut in done:
-                rel, rec = running.pop(fut)
-                if fut.cancelled():
-                    continue
+                for fut in done:
+                    rel, rec = running.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:  # a worker was killed (out of memory?): retried next run
+                        outcome = ("crashed", 0.0, "a worker process died (out of memory?); rerun to retry")
+                    record(rel, rec, outcome)
+                    interrupted = interrupted or outcome[0] == "interrupted"
+        except KeyboardInterrupt:  # workers got the signal too: they checkpoint and return
+            interrupted = True
+            for fut, (rel, rec) in running.items():
                 try:
                     record(rel, rec, fut.result())
-                except BrokenProcessPool:  # a worker was killed (out of memory?): retried on the next run
-                    record(rel, rec, ("crashed", 0.0, "a worker process died (out of memory?); rerun to retry"))
+                except (BrokenProcessPool, KeyboardInterrupt):
+                    pass
+            pool.shutdown(wait=True, cancel_futures=True)
     return interrupted

@@ -13,7 +13,7 @@ import torch
 
 from fastsider import __version__
 from fastsider.config import FitConfig, to_dict
-from fastsider.errors import FastsiderError
+from fastsider.errors import FastsiderError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,22 @@ class CheckpointError(FastsiderError):
     """A checkpoint that cannot be used for this run."""
 
 
-def config_hash(cfg: FitConfig) -> str:
+def config_hash(cfg: FitConfig, device_type: str = "") -> str:
+    """Fingerprint of what a run computes; the resolved device type is part of it (RNG states and
+    float results differ between CPU and CUDA, so a checkpoint does not move across)."""
     data = {k: v for k, v in to_dict(cfg).items() if k not in UNHASHED_SECTIONS}
+    data["device_type"] = device_type
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read input {path}: {exc.strerror}") from None
     return h.hexdigest()[:16]
 
 

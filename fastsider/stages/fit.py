@@ -26,7 +26,7 @@ from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
 from fastsider.stages.detail import face_rays, fit_details
-from fastsider.stages.checkpoint import CheckpointStore, config_hash, inputs_hash
+from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
 from fastsider.stages.loop import DivergenceError, graceful_interrupts, raise_if_interrupted
 from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
@@ -97,13 +97,16 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
+    # without a checkpoint there is nothing to resume: staged files of a killed run are dropped
+    has_checkpoint = (Path(out_dir) / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME).is_file()
+    if resume and not has_checkpoint:
+        log.info("no checkpoint in %s: starting from the beginning", out_dir)
+    resume = resume and has_checkpoint
     with graceful_interrupts(), OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
-        store = CheckpointStore(out.private_dir("checkpoint"), config_hash(cfg),
+        prep = prepare(image, cfg, inputs)  # first: it gives bad inputs their one-line errors
+        store = CheckpointStore(out.private_dir("checkpoint"), config_hash(cfg, device.type),
                                 inputs_hash(fit_input_files(image, inputs)))
-        saved = store.load() if resume and store.exists() else None
-        if resume and saved is None:
-            log.info("no checkpoint in %s: starting from the beginning", out_dir)
-        prep = prepare(image, cfg, inputs)
+        saved = store.load() if resume else None
         seconds = dict(prep.seconds)
         t = time.perf_counter()
         st = build_state(prep, cfg, device)
@@ -124,6 +127,7 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
         summary["resumed_from"] = f"{saved['stage']} step {saved['loop']['step']}" if saved else None
         summary["diverged"] = str(diverged) if diverged else None
         save_json(out.path("summary.json"), summary)
+        raise_if_interrupted()  # a Ctrl-C while writing: stop resumable rather than half-report success
         out.commit()
     if diverged is not None:
         raise DivergenceError(f"{diverged}; the last good state was written to {out_dir / mesh_name}",

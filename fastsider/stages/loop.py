@@ -119,10 +119,13 @@ def _capture(model: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Gene
 
 
 def _restore(saved: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-             gen: torch.Generator) -> LoopState:
+             gen: torch.Generator | None) -> LoopState:
+    """Load a captured state (``gen`` None: keep the RNG where it is)."""
     model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optim"])
-    gen.set_state(saved["generator"])
+    # Adam adopts same-device tensors without copying: copy, or later steps would edit ``saved``
+    opt.load_state_dict(copy.deepcopy(saved["optim"]))
+    if gen is not None:
+        gen.set_state(saved["generator"])
     return LoopState(**saved["loop"])
 
 
@@ -212,8 +215,9 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
 def _rollback(problem: str, state: LoopState, good: dict[str, Any], model: torch.nn.Module,
               opt: torch.optim.Optimizer, gen: torch.Generator, schedule: Schedule, run: RunConfig,
               stats: dict[str, float]) -> LoopState:
-    """Load the last good state; the rollback count and the lowered lr carry on from ``state``."""
-    restored = _restore(good, model, opt, gen)
+    """Load the last good state; the rollback count and the lowered lr carry on from ``state``.
+    The RNG is not rewound, so the replayed steps draw new batches (the same batch could fail again)."""
+    restored = _restore(good, model, opt, None)
     restored.rollbacks = state.rollbacks + 1
     restored.lr_scale = state.lr_scale * run.rollback_lr_factor
     if restored.rollbacks > run.max_rollbacks:
