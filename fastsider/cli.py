@@ -143,8 +143,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
 
+    from fastsider.report import print_table
     from fastsider.stages.batch import MANIFEST_NAME, run_batch
 
     cfg = _load_cfg(args)
@@ -156,13 +156,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         def advance(rel, rec):
             bar.update(task, advance=1, description=f"batch: {rel} {rec.status}")
         result = run_batch(args.input_dir, args.out, cfg, args.jobs, args.retry_failed, advance)
-    table = Table(title=f"fastsider batch -> {args.out}")
-    for col in ("photo", "status", "seconds", "reason"):
-        table.add_column(col)
-    for rel, rec in sorted(result.records.items()):
-        table.add_row(rel, rec.status, f"{rec.seconds:.1f}", rec.reason or "")
+    print_table(f"fastsider batch -> {args.out}", ("photo", "status", "seconds", "reason"),
+                [[rel, rec.status, rec.seconds, rec.reason or ""] for rel, rec in sorted(result.records.items())],
+                digits=1)
     console = Console(stderr=True)
-    console.print(table)
     done = [r.seconds for r in result.records.values() if r.status == "done"]
     per_image = f", {sum(done) / len(done):.1f} s per photo" if done else ""
     failed_before = sum(r.status == "failed" for r in result.skipped.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,8 +17,7 @@ import trimesh
 
 from fastsider.cli import main
 from fastsider.config import RunConfig
-from fastsider.stages.checkpoint import CHECKPOINT_NAME
-from fastsider.stages.fit import PARTIAL_DIR
+from fastsider.stages.fit import PARTIAL_DIR, checkpoint_file
 from fastsider.stages.loop import DivergenceError, Schedule, optimize
 from fit_helpers import fit_argv
 
@@ -89,7 +89,7 @@ def _start(argv: list[str]) -> subprocess.Popen:
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step: int, timeout: float = 400):
-    ckpt = out / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME
+    ckpt = checkpoint_file(out)
     t0 = time.time()
     while time.time() - t0 < timeout:
         assert proc.poll() is None, proc.stderr.read()
@@ -101,19 +101,27 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step
     raise AssertionError(f"no {stage} checkpoint at step >= {min_step} within {timeout} s")
 
 
+RESUMABLE = ("run.checkpoint_every=20", "stage2.iterations=30")  # checkpoints in both stages
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, example_files):
+    """The uninterrupted run the interrupted ones must reproduce: its output folder."""
     photo, lmk = example_files
     out = tmp_path_factory.mktemp("uninterrupted")
-    argv = fit_argv(photo, lmk, out, "run.checkpoint_every=20", "stage2.iterations=30")
-    assert main(argv) == 0
-    return argv, out
+    assert main(fit_argv(photo, lmk, out, *RESUMABLE)) == 0
+    return out
+
+
+def _resume_and_compare(argv: list[str], out: Path, reference: Path) -> None:
+    assert main(argv + ["--resume"]) == 0
+    np.testing.assert_allclose(_mesh(out / "mesh.ply"), _mesh(reference / "mesh.ply"), atol=1e-4)
 
 
 def test_same_seed_gives_identical_outputs(tmp_path, example_files, reference_run):
     photo, lmk = example_files
-    _, ref = reference_run
-    assert main(fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")) == 0
+    ref = reference_run
+    assert main(fit_argv(photo, lmk, tmp_path, *RESUMABLE)) == 0
     assert np.array_equal(_mesh(ref / "mesh.ply"), _mesh(tmp_path / "mesh.ply"))
     assert np.array_equal(np.load(ref / "depth.npy"), np.load(tmp_path / "depth.npy"))
     assert not (tmp_path / PARTIAL_DIR).exists()  # a finished run leaves no checkpoint behind
@@ -121,23 +129,19 @@ def test_same_seed_gives_identical_outputs(tmp_path, example_files, reference_ru
 
 def test_killed_run_resumes_to_the_same_mesh(tmp_path, example_files, reference_run):
     photo, lmk = example_files
-    _, ref = reference_run
-    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")
+    argv = fit_argv(photo, lmk, tmp_path, *RESUMABLE)
     proc = _start(argv)
     _wait_for_checkpoint(proc, tmp_path, "stage2", 20)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "mesh.ply").exists()
-    assert main(argv + ["--resume"]) == 0
-    np.testing.assert_allclose(_mesh(tmp_path / "mesh.ply"), _mesh(ref / "mesh.ply"), atol=1e-4)
-    import json
+    _resume_and_compare(argv, tmp_path, reference_run)
     assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"] == "stage2 step 20"
 
 
 def test_ctrl_c_leaves_no_outputs_and_resumes(tmp_path, example_files, reference_run):
     photo, lmk = example_files
-    _, ref = reference_run
-    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage2.iterations=30")
+    argv = fit_argv(photo, lmk, tmp_path, *RESUMABLE)
     proc = _start(argv)
     _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
     os.killpg(proc.pid, signal.SIGINT)
@@ -145,8 +149,7 @@ def test_ctrl_c_leaves_no_outputs_and_resumes(tmp_path, example_files, reference
     assert proc.returncode == 130, err
     assert "--resume" in err
     assert [p.name for p in tmp_path.iterdir()] == [PARTIAL_DIR]  # nothing but the hidden state
-    assert main(argv + ["--resume"]) == 0
-    np.testing.assert_allclose(_mesh(tmp_path / "mesh.ply"), _mesh(ref / "mesh.ply"), atol=1e-4)
+    _resume_and_compare(argv, tmp_path, reference_run)
 
 
 def test_a_checkpoint_from_another_config_or_input_is_refused(tmp_path, example_files, capsys):
@@ -163,7 +166,7 @@ def test_a_checkpoint_from_another_config_or_input_is_refused(tmp_path, example_
     moved = [other if a == str(lmk) else a for a in argv]
     assert main([str(a) for a in moved] + ["--resume"]) == 2
     assert "different input" in capsys.readouterr().err
-    assert (tmp_path / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME).is_file()  # kept for a right resume
+    assert checkpoint_file(tmp_path).is_file()  # kept for a right resume
     assert not (tmp_path / "mesh.ply").exists()
 
 
@@ -181,8 +184,6 @@ def _poison_color_loss(monkeypatch, bad_calls):
 
 
 def test_fit_with_an_injected_nan_rolls_back_and_finishes(tmp_path, example_files, monkeypatch):
-    import json
-
     photo, lmk = example_files
     _poison_color_loss(monkeypatch, {3})
     assert main(fit_argv(photo, lmk, tmp_path, "stage2.iterations=8", "run.guard_every=2")) == 0
@@ -193,8 +194,6 @@ def test_fit_with_an_injected_nan_rolls_back_and_finishes(tmp_path, example_file
 
 def test_fit_that_keeps_diverging_stops_with_an_error_and_the_last_good_mesh(tmp_path, example_files,
                                                                             monkeypatch, capsys):
-    import json
-
     photo, lmk = example_files
     _poison_color_loss(monkeypatch, set(range(5, 1000)))
     assert main(fit_argv(photo, lmk, tmp_path, "stage2.iterations=8", "run.guard_every=2",

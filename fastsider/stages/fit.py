@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 POOL_BATCHES = 24           # SDF_GT is computed once for a pool this many stage-1 batches large
 SNAPSHOT_DIR = "snapshots"
 PARTIAL_DIR = ".fastsider-partial"  # staged outputs + checkpoint of an unfinished run
+CHECKPOINT_DIR = "checkpoint"       # the OutputStage private folder holding it
 
 # (stage name, step, total steps, stats) -> None; the CLI draws progress bars with it
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
@@ -77,6 +78,11 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     return FitState(prep, norm, shell, model, grid, band, face_mask, device)
 
 
+def checkpoint_file(out_dir: str | Path) -> Path:
+    """Where an unfinished run in ``out_dir`` keeps its checkpoint (OutputStage.private_dir)."""
+    return Path(out_dir) / PARTIAL_DIR / f".{CHECKPOINT_DIR}" / CHECKPOINT_NAME
+
+
 def fit_input_files(image: str | Path | None, inputs: CoarseInputs) -> list[tuple[str, Path | None]]:
     """The files a run depends on, for the checkpoint fingerprint (the example photo has none)."""
     named = [("image", Path(image) if image is not None else None), ("landmarks", inputs.landmarks),
@@ -98,13 +104,13 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
     # without a checkpoint there is nothing to resume: staged files of a killed run are dropped
-    has_checkpoint = (Path(out_dir) / PARTIAL_DIR / ".checkpoint" / CHECKPOINT_NAME).is_file()
+    has_checkpoint = checkpoint_file(out_dir).is_file()
     if resume and not has_checkpoint:
         log.info("no checkpoint in %s: starting from the beginning", out_dir)
     resume = resume and has_checkpoint
     with graceful_interrupts(), OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
         prep = prepare(image, cfg, inputs)  # first: it gives bad inputs their one-line errors
-        store = CheckpointStore(out.private_dir("checkpoint"), config_hash(cfg, device.type),
+        store = CheckpointStore(out.private_dir(CHECKPOINT_DIR), config_hash(cfg, device.type),
                                 inputs_hash(fit_input_files(image, inputs)))
         saved = store.load() if resume else None
         seconds = dict(prep.seconds)

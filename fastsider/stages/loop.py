@@ -3,8 +3,8 @@
 A stage supplies ``loss_fn() -> {"loss": ..., other terms}``; this module owns everything that
 makes long runs safe:
 - divergence guard: a non-finite loss or gradient, or a loss ``explode_factor`` x above the recent
-  median, rolls the networks, the optimizer and the RNG back to the last good state and lowers the
-  learning rate; after ``max_rollbacks`` it raises :class:`DivergenceError` with the last good
+  median, rolls the networks and the optimizer back to the last good state (the RNG runs on, so
+  the replayed steps draw new batches) and lowers the learning rate; after ``max_rollbacks`` it raises :class:`DivergenceError` with the last good
   state loaded, so the caller can still write its mesh;
 - checkpoints every ``checkpoint_every`` steps and at the stage end, through a callback;
 - Ctrl-C / SIGTERM: the step in flight finishes, a checkpoint is written, then KeyboardInterrupt.
@@ -129,16 +129,17 @@ def _restore(saved: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Opt
     return LoopState(**saved["loop"])
 
 
-def _is_bad(loss: torch.Tensor, params: list[torch.Tensor], history: deque, run: RunConfig) -> str | None:
-    """Why this step must not be applied (after backward), or None."""
-    value = loss.item()
+def _is_bad(value: float, params: list[torch.Tensor], history: deque, run: RunConfig) -> str | None:
+    """Why this step (loss ``value``, after backward) must not be applied, or None."""
     if not math.isfinite(value):
         return f"non-finite loss ({value})"
     grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")).item()
     if not math.isfinite(grad_norm):
         return "non-finite gradient"
-    if len(history) >= EXPLODE_WARMUP and value > run.explode_factor * statistics.median(history):
-        return f"loss exploded ({value:.4g} vs recent median {statistics.median(history):.4g})"
+    if len(history) >= EXPLODE_WARMUP:
+        median = statistics.median(history)
+        if value > run.explode_factor * median:
+            return f"loss exploded ({value:.4g} vs recent median {median:.4g})"
     return None
 
 
@@ -166,16 +167,15 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
     t_session = time.perf_counter()
     seconds_before = state.seconds
 
+    def spent() -> float:  # optimization seconds over all sessions of a resumed run
+        return seconds_before + time.perf_counter() - t_session
+
     def save() -> None:
-        state.seconds = seconds_before + time.perf_counter() - t_session
+        state.seconds = spent()
         if checkpoint is not None:
             checkpoint({**_capture(model, opt, generator, state), "stats": stats})
 
-    def out_of_time() -> bool:
-        spent = seconds_before + time.perf_counter() - t_session
-        return schedule.max_seconds > 0 and spent >= schedule.max_seconds
-
-    while state.step < schedule.iterations and not out_of_time():
+    while state.step < schedule.iterations and not (schedule.max_seconds > 0 and spent() >= schedule.max_seconds):
         if interrupt_requested():
             save()
             raise KeyboardInterrupt
@@ -185,16 +185,17 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
             before_step(state.step)
         terms = loss_fn()
         opt.zero_grad(set_to_none=True)
-        if math.isfinite(terms["loss"].item()):
+        value = terms["loss"].item()
+        if math.isfinite(value):
             terms["loss"].backward()
-        problem = _is_bad(terms["loss"], params, history, run)
+        problem = _is_bad(value, params, history, run)
         if problem is not None:
-            state = _rollback(problem, state, good, model, opt, generator, schedule, run, stats)
+            state = _rollback(problem, state, good, model, opt, schedule, run, stats)
             history.clear()
             continue
         opt.step()
         state.step += 1
-        history.append(terms["loss"].item())
+        history.append(value)
         stats = {k: v.item() for k, v in terms.items()}
         if on_step is not None:
             on_step(state.step - 1, stats)
@@ -208,13 +209,12 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
         log.info("%s: time budget of %.0f s reached after %d of %d steps", schedule.name, schedule.max_seconds,
                  state.step, schedule.iterations)
         save()
-    state.seconds = seconds_before + time.perf_counter() - t_session
+    state.seconds = spent()
     return {**stats, "seconds": state.seconds, "iterations": state.step, "rollbacks": state.rollbacks}
 
 
 def _rollback(problem: str, state: LoopState, good: dict[str, Any], model: torch.nn.Module,
-              opt: torch.optim.Optimizer, gen: torch.Generator, schedule: Schedule, run: RunConfig,
-              stats: dict[str, float]) -> LoopState:
+              opt: torch.optim.Optimizer, schedule: Schedule, run: RunConfig, stats: dict[str, float]) -> LoopState:
     """Load the last good state; the rollback count and the lowered lr carry on from ``state``.
     The RNG is not rewound, so the replayed steps draw new batches (the same batch could fail again)."""
     restored = _restore(good, model, opt, None)
