@@ -88,6 +88,13 @@ class GeometryNetConfig:
     )
     feature_dim: int = 16            # feature vector handed to the rendering net
     init_sphere_radius: float = 0.5  # geometric init radius, normalized units
+    # "none" (both presets): the paper's plain MLP, which stage 1 fits to the coarse SDF.
+    # "coarse_grid": f(x) = coarse SDF on a lattice (trilinear) + the MLP, whose SDF output starts
+    # at exactly zero (sdf/base_grid.py): no stage 1, and the coarse shape is kept to ~0.005 mm
+    # where stage 2 does not move it. Not the default yet: with the paper's prior (L1, weight 100)
+    # stage 2 leaves the zero residual nearly untouched, so the mesh is the coarse one (README)
+    base: Literal["none", "coarse_grid"] = "none"
+    base_resolution: int = 256       # lattice samples per box side ("coarse_grid"); ~0.7 mm on a face
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,9 @@ class RenderingNetConfig:
     )
     use_feature: bool = False        # paper Fig. 4 ablation switches (reference: both on)
     use_normal: bool = True
+    use_position: bool = True        # false: no x input (one albedo for the whole face)
+    use_view: bool = True            # false: no view-direction input (one camera: v is the pixel,
+                                     # through which the net could paint shading it should get from n)
     # "mlp": the paper's g(x, n, v, feature) -> rgb. "albedo_sh": rgb = albedo(x) * SH2(n), an MLP
     # albedo of the encoded position times a learned 2nd-order spherical-harmonics shading of the
     # normal (Lambertian skin under smooth light, as in face capture); the network can only make a

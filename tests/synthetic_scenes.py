@@ -15,11 +15,14 @@ ALBEDO = 0.75
 AMBIENT = 0.15
 
 
-def height_field_mesh(size_mm: float, depth_mm: float, n: int, bump_mm: float, sigma_mm: float) -> trimesh.Trimesh:
-    """A square patch facing the camera at z = depth - bump * gauss(r), normals towards the camera."""
+def height_field_mesh(size_mm: float, depth_mm: float, n: int, bump_mm: float, sigma_mm: float,
+                      dome_radius_mm: float = 0.0) -> trimesh.Trimesh:
+    """A square patch facing the camera at z = depth + r^2 / 2R - bump * gauss(r), normals towards the
+    camera (R = ``dome_radius_mm``; 0: flat)."""
     xs = np.linspace(-size_mm / 2, size_mm / 2, n)
     x, y = np.meshgrid(xs, xs, indexing="xy")
-    z = depth_mm - bump_mm * np.exp(-(x**2 + y**2) / (2 * sigma_mm**2))
+    r2 = x**2 + y**2
+    z = depth_mm - bump_mm * np.exp(-r2 / (2 * sigma_mm**2)) + (r2 / (2 * dome_radius_mm) if dome_radius_mm else 0.0)
     verts = np.stack([x.ravel(), y.ravel(), z.ravel()], 1)
     i = np.arange(n - 1)
     a = (i[:, None] * n + i[None, :]).ravel()
@@ -39,10 +42,12 @@ class BumpScene(NamedTuple):
     bump_region: np.ndarray  # [S, S] bool, where the bump is more than a third of its height
 
 
-def bump_scene(size_px: int = 64, bump_mm: float = 4.0, sigma_mm: float = 12.0) -> BumpScene:
+def bump_scene(size_px: int = 64, bump_mm: float = 4.0, sigma_mm: float = 12.0, dome_radius_mm: float = 100.0) -> BumpScene:
+    """A bump on a dome, and the dome alone as the coarse surface. The dome's own shading pins the
+    light: on a flat patch a bump and a dent under the mirrored light give the same picture."""
     cam = Camera(size_px, size_px, fx=size_px * 5.0, fy=size_px * 5.0, cx=(size_px - 1) / 2, cy=(size_px - 1) / 2)
-    true = height_field_mesh(120.0, 600.0, 121, bump_mm, sigma_mm)
-    coarse = height_field_mesh(120.0, 600.0, 41, 0.0, sigma_mm)
+    true = height_field_mesh(120.0, 600.0, 121, bump_mm, sigma_mm, dome_radius_mm)
+    coarse = height_field_mesh(120.0, 600.0, 41, 0.0, sigma_mm, dome_radius_mm)
     surf = raycast_mesh(true.vertices, true.faces, cam)
     shading = ALBEDO * np.clip(surf.normals @ LIGHT, 0, 1) + AMBIENT
     image = np.repeat(np.where(surf.mask, shading, 0.0)[..., None], 3, axis=2)

@@ -86,6 +86,16 @@ def test_rendering_ablation_switches_change_inputs():
     n_full = full.rendering.mlp.layers[0].in_features
     assert no_feat.rendering.mlp.layers[0].in_features == n_full - cfg.geometry.feature_dim
 
+    # without x and v the colour is a function of the normal alone (one camera: v is the pixel)
+    normal_only = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_position=False, use_view=False)),
+                             "torch").rendering
+    n = torch.nn.functional.normalize(torch.randn(16, 3), dim=1)
+    x1, x2, v1, v2, feat = torch.randn(16, 3), torch.randn(16, 3), torch.randn(16, 3), torch.randn(16, 3), torch.randn(16, 16)
+    torch.testing.assert_close(normal_only(x1, n, v1, feat), normal_only(x2, n, v2, feat))
+    assert not torch.allclose(normal_only(x1, n, v1, feat), normal_only(x1, n.flip(1), v1, feat))
+    with_view = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_position=False)), "torch").rendering
+    assert not torch.allclose(with_view(x1, n, v1, feat), with_view(x1, n, v2, feat))
+
 
 def test_coarse_to_fine_encoding_weights():
     """alpha = F is the plain encoding; alpha = k passes frequencies below k only; half-way fades."""

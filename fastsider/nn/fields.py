@@ -17,17 +17,32 @@ from fastsider.nn.mlp import make_mlp
 
 
 class GeometryNet(torch.nn.Module):
+    """f(phi(x)) -> (sdf, feature); with a fixed base SDF attached, sdf = base(x) + MLP's output."""
+
     def __init__(self, cfg: GeometryNetConfig, backend: str):
         super().__init__()
         self.encoding = FrequencyEncoding(3, cfg.encoding)
         self.feature_dim = cfg.feature_dim
         self.mlp = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
                             sphere_radius=cfg.init_sphere_radius)
+        self.base: torch.nn.Module | None = None
+        self.residual_is_zero = False  # set_base zeroed the MLP's SDF output: f == base exactly
+
+    def set_base(self, base: torch.nn.Module) -> None:
+        """Make the MLP a residual on ``base`` (points [n, 3] -> sdf [n]); its SDF output starts at 0."""
+        self.base = base
+        layers = getattr(self.mlp, "layers", None)
+        if layers is not None:  # torch: zero the SDF row of the last layer (tcnn: stage 1 drives it to 0)
+            with torch.no_grad():
+                layers[-1].weight[0].zero_()
+                layers[-1].bias[0].zero_()
+            self.residual_is_zero = True
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""
         out = self.mlp(self.encoding(x))
-        return out[:, 0], out[:, 1:]
+        sdf = out[:, 0] if self.base is None else self.base(x) + out[:, 0]
+        return sdf, out[:, 1:]
 
     def sdf(self, x: Tensor) -> Tensor:  # [n_pts, 3] -> [n_pts]
         return self.forward(x)[0]
@@ -52,30 +67,33 @@ class RenderingNet(torch.nn.Module):
     def __init__(self, cfg: RenderingNetConfig, feature_dim: int, backend: str):
         super().__init__()
         self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal
+        self.use_position, self.use_view = cfg.use_position, cfg.use_view
         self.shading = cfg.shading
         if self.shading == "albedo_sh" and not cfg.use_normal:
             raise ValueError("rendering.shading = 'albedo_sh' needs use_normal = true (shading is a function of n)")
         self.pos_encoding = FrequencyEncoding(3, cfg.encoding)
         self.view_encoding = FrequencyEncoding(3, cfg.view_encoding)
         feature_in = feature_dim if cfg.use_feature else 0
+        pos_in = self.pos_encoding.n_output_dims if cfg.use_position else 0
         if self.shading == "albedo_sh":
-            n_in = self.pos_encoding.n_output_dims + feature_in
+            n_in = max(pos_in + feature_in, 1)
             # shading starts as a constant 1 (albedo explains the image); light is learned from there
             self.sh = torch.nn.Parameter(torch.zeros(3, N_SH).index_fill_(1, torch.tensor([0]), 1.0))
         else:
-            n_in = (self.pos_encoding.n_output_dims + self.view_encoding.n_output_dims
+            n_in = (pos_in + (self.view_encoding.n_output_dims if cfg.use_view else 0)
                     + (3 if cfg.use_normal else 0) + feature_in)
         self.mlp = make_mlp(n_in, 3, cfg.network, backend)
 
     def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
         """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
-        parts = [self.pos_encoding(x)]
+        parts = [self.pos_encoding(x)] if self.use_position else []
         if self.shading == "albedo_sh":
             if self.use_feature:
                 parts.append(features)
-            albedo = self.mlp(torch.cat(parts, dim=-1))
+            albedo = self.mlp(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
             return albedo * (sh_basis(normals) @ self.sh.T).clamp_min(0.0)
-        parts.append(self.view_encoding(view_dirs))
+        if self.use_view:
+            parts.append(self.view_encoding(view_dirs))
         if self.use_normal:
             parts.append(normals)
         if self.use_feature:

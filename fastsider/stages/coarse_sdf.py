@@ -1,4 +1,9 @@
-"""Stage 1: fit the geometry net to the coarse shell SDF (|f - SDF_GT| + eikonal)."""
+"""Stage 1: fit the geometry net to the coarse SDF (|f - SDF_GT| + eikonal).
+
+With ``model.geometry.base = "coarse_grid"`` (fast preset) SDF_GT itself, on a lattice, is the
+geometry net's fixed base and stage 1 only holds the residual MLP at zero (a few steps; tcnn's
+random init needs them, the torch MLP starts there).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import numpy as np
 import torch
 import trimesh
 
-from fastsider.config import CoarseStageConfig, RunConfig
+from fastsider.config import CoarseStageConfig, GeometryNetConfig, RunConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.sdf import losses
+from fastsider.sdf.base_grid import build_sdf_lattice
 from fastsider.sdf.shell import ShellSDF
 from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
 
@@ -40,10 +46,33 @@ def sample_point_pool(shell: ShellSDF, n: int, near_std_unit: tuple[float, ...],
                      torch.tensor(sdf, dtype=torch.float32, device=device))
 
 
+def attach_base(model: SiderModel, shell: ShellSDF, cfg: GeometryNetConfig, device: torch.device) -> None:
+    """``base = "coarse_grid"``: the geometry net becomes SDF_GT on a lattice + its MLP (starting at 0)."""
+    if cfg.base == "coarse_grid":
+        model.geometry.set_base(build_sdf_lattice(shell.sdf, cfg.base_resolution, device))
+        log.info("geometry: coarse SDF on a %d^3 lattice + residual MLP", cfg.base_resolution)
+
+
+def residual_targets(pool: PointPool, base: torch.nn.Module | None) -> PointPool:
+    """With a base SDF the targets are the base's own values: the residual MLP's target is exactly 0
+    (the base's interpolation error, ~0.003 mm in the band, is not passed on to the MLP)."""
+    if base is None:
+        return pool
+    with torch.no_grad():
+        return PointPool(pool.points, base(pool.points))
+
+
 def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, unit_mm: float,
                    generator: torch.Generator, on_step: StepCallback | None = None, run: RunConfig = RunConfig(),
                    resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
-    """Adam on L = |f - SDF_GT| + w_eik * eikonal over batches from the pool. Returns final stats."""
+    """Adam on L = |f - SDF_GT| + w_eik * eikonal over batches from the pool. Returns final stats.
+
+    A geometry net that is already SDF_GT (a lattice base, a residual MLP starting at exactly 0) is
+    left as it is: Adam's first steps would only add noise of the size of its lr.
+    """
+    if model.geometry.residual_is_zero and resume is None:
+        log.info("stage 1: exact from the start (coarse SDF lattice, residual MLP at 0); no steps")
+        return {"loss": 0.0, "sdf_mm": 0.0, "seconds": 0.0, "iterations": 0, "rollbacks": 0}
     n_pool = pool.points.shape[0]
 
     def loss_fn() -> dict[str, torch.Tensor]:

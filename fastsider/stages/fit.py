@@ -24,7 +24,7 @@ from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.mesh import extract_face_mesh
 from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
-from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
+from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
 from fastsider.stages.detail import face_rays, fit_details
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
@@ -74,6 +74,7 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     band = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
                                device=device)
     grid = band if cfg.trace.use_occupancy_grid else None
+    attach_base(model, shell, cfg.model.geometry, device)
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
     return FitState(prep, norm, shell, model, grid, band, face_mask, device)
 
@@ -119,6 +120,7 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
         pool = sample_point_pool(st.shell, POOL_BATCHES * cfg.stage1.batch_points,
                                  tuple(s / st.norm.half_size for s in cfg.stage1.near_std_mm),
                                  cfg.stage1.uniform_fraction, rng, device)
+        pool = residual_targets(pool, st.model.geometry.base)
         seconds["setup"] = time.perf_counter() - t
         raise_if_interrupted()
         s1, s2, rays, diverged = _run_stages(st, cfg, pool, store, saved, out, progress)

@@ -1,0 +1,115 @@
+"""The coarse-SDF lattice (model.geometry.base = "coarse_grid") against an analytic sphere, and the
+residual geometry net built on it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fastsider.config import CoarseStageConfig, ModelConfig
+from fastsider.nn.fields import SiderModel
+from fastsider.sdf.base_grid import EXACT_CELLS, SdfLattice, build_sdf_lattice, lattice_points
+from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
+from fastsider.stages.coarse_sdf import PointPool, fit_coarse_sdf, residual_targets
+
+RADIUS = 0.5
+RESOLUTION = 96
+
+
+def sphere(x: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(x, axis=1) - RADIUS
+
+
+@pytest.fixture(scope="module")
+def lattice() -> SdfLattice:
+    return build_sdf_lattice(sphere, RESOLUTION)
+
+
+def near_sphere_points(n: int, spread: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    r = RADIUS + spread * (2.0 * torch.rand(n, 1, generator=g, dtype=torch.float64) - 1.0)
+    return d / d.norm(dim=1, keepdim=True) * r
+
+
+def test_lattice_points_span_the_box():
+    pts = lattice_points(5)
+    assert pts.shape == (125, 3) and pts.min() == -1.0 and pts.max() == 1.0
+    np.testing.assert_allclose(lattice_points(5, np.array([0, 124, 7])), pts[[0, 124, 7]])
+
+
+def test_lattice_values_and_normals_near_the_surface(lattice):
+    """Within the exact band: values to the trilinear error of a sphere, normals within a degree."""
+    cell = 2.0 / (RESOLUTION - 1)
+    x = near_sphere_points(20000, EXACT_CELLS * cell * 0.8).float().requires_grad_(True)
+    f = lattice(x)
+    exact = x.detach().norm(dim=1) - RADIUS
+    # trilinear error of |x| - R: ~ h^2 / (8 R) per axis = 2.3e-4 here; the data is exact
+    assert (f.detach() - exact).abs().max() < 1e-3
+    (grad,) = torch.autograd.grad(f.sum(), x)
+    n_true = x.detach() / x.detach().norm(dim=1, keepdim=True)
+    cos = (grad / grad.norm(dim=1, keepdim=True) * n_true).sum(1).clamp(-1, 1)
+    assert torch.rad2deg(torch.acos(cos)).mean() < 1.0
+    assert (grad.norm(dim=1) - 1.0).abs().mean() < 0.02  # eikonal
+
+
+def test_no_grad_path_equals_differentiable_path(lattice):
+    x = near_sphere_points(5000, 0.3).float()
+    with torch.no_grad():
+        fast = lattice(x)
+    slow = lattice(x.clone().requires_grad_(True)).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+
+
+def test_lattice_has_a_hessian_for_implicit_differentiation(lattice):
+    x = near_sphere_points(100, 0.01).float().requires_grad_(True)
+    (grad,) = torch.autograd.grad(lattice(x).sum(), x, create_graph=True)
+    (hess_row,) = torch.autograd.grad(grad[:, 0].sum(), x)
+    assert torch.isfinite(hess_row).all() and hess_row.abs().sum() > 0
+
+
+def test_sphere_tracer_hits_the_lattice_sphere(lattice):
+    """Rays from z = -2 towards the origin: the hit depth of the lattice is the analytic one."""
+    n = 64
+    xy = torch.stack(torch.meshgrid(torch.linspace(-0.3, 0.3, 8), torch.linspace(-0.3, 0.3, 8), indexing="ij"), -1)
+    origins = torch.cat([xy.reshape(n, 2), torch.full((n, 1), -2.0)], 1)
+    dirs = torch.tensor([[0.0, 0.0, 1.0]]).expand(n, 3)
+    box = ray_aabb_intersect(origins, dirs)
+    res = sphere_trace(lattice, origins, dirs, box.t_near, box.t_far, max_steps=64, hit_eps=1e-5, secant_steps=8)
+    assert res.hit.all()
+    z_true = -torch.sqrt(RADIUS**2 - (origins[:, :2] ** 2).sum(1))
+    assert (res.points[:, 2] - z_true).abs().max() < 1e-3
+
+
+def test_residual_net_starts_as_the_base_and_learns(lattice):
+    """f == base at the start, stage 1 is skipped, and the residual still receives gradients."""
+    model = SiderModel(ModelConfig(), "torch")
+    model.geometry.set_base(lattice)
+    x = near_sphere_points(4096, 0.1).float()
+    torch.testing.assert_close(model.sdf(x).detach(), lattice(x), atol=0, rtol=0)
+
+    pool = residual_targets(PointPool(x, torch.zeros(len(x))), model.geometry.base)
+    stats = fit_coarse_sdf(model, pool, CoarseStageConfig(iterations=50), 100.0, torch.Generator().manual_seed(0))
+    assert stats["iterations"] == 0
+    torch.testing.assert_close(model.sdf(x).detach(), lattice(x), atol=0, rtol=0)
+
+    # a target 0.01 inside the sphere everywhere: the residual has to move the surface
+    target = pool.sdf + 0.01
+    opt = torch.optim.Adam(model.geometry.parameters(), lr=1e-3)
+    for _ in range(100):
+        opt.zero_grad()
+        (model.sdf(x) - target).abs().mean().backward()
+        opt.step()
+    assert (model.sdf(x).detach() - target).abs().mean() < 0.003
+
+
+def test_reference_preset_has_no_base():
+    from fastsider.config import load_config
+
+    assert load_config("reference").model.geometry.base == "none"
+    cfg = ModelConfig()
+    model = SiderModel(replace(cfg, geometry=replace(cfg.geometry, base="coarse_grid")), "torch")
+    assert model.geometry.base is None  # attached by the fit (it needs the coarse mesh), not by the net
