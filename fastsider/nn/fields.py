@@ -26,7 +26,7 @@ class GeometryNet(torch.nn.Module):
         self.mlp = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
                             sphere_radius=cfg.init_sphere_radius)
         self.base: torch.nn.Module | None = None
-        self.residual_is_zero = False  # set_base zeroed the MLP's SDF output: f == base exactly
+        self.residual_starts_at_zero = False  # set_base zeroed the MLP's SDF output: f == base until trained
 
     def set_base(self, base: torch.nn.Module) -> None:
         """Make the MLP a residual on ``base`` (points [n, 3] -> sdf [n]); its SDF output starts at 0."""
@@ -36,7 +36,7 @@ class GeometryNet(torch.nn.Module):
             with torch.no_grad():
                 layers[-1].weight[0].zero_()
                 layers[-1].bias[0].zero_()
-            self.residual_is_zero = True
+            self.residual_starts_at_zero = True
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""

@@ -1,8 +1,8 @@
 """Stage 1: fit the geometry net to the coarse SDF (|f - SDF_GT| + eikonal).
 
-With ``model.geometry.base = "coarse_grid"`` (fast preset) SDF_GT itself, on a lattice, is the
-geometry net's fixed base and stage 1 only holds the residual MLP at zero (a few steps; tcnn's
-random init needs them, the torch MLP starts there).
+With ``model.geometry.base = "coarse_grid"`` (an option) SDF_GT itself, on a lattice, is the
+geometry net's fixed base: the torch MLP starts as an exact zero residual and stage 1 takes no
+steps; tcnn's random init still needs them to bring its residual to zero.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
     A geometry net that is already SDF_GT (a lattice base, a residual MLP starting at exactly 0) is
     left as it is: Adam's first steps would only add noise of the size of its lr.
     """
-    if model.geometry.residual_is_zero and resume is None:
+    if model.geometry.residual_starts_at_zero and resume is None:
         log.info("stage 1: exact from the start (coarse SDF lattice, residual MLP at 0); no steps")
         return {"loss": 0.0, "sdf_mm": 0.0, "seconds": 0.0, "iterations": 0, "rollbacks": 0}
     n_pool = pool.points.shape[0]
