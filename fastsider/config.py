@@ -95,6 +95,11 @@ class GeometryNetConfig:
     # stage 2 leaves the zero residual nearly untouched, so the mesh is the coarse one (README)
     base: Literal["none", "coarse_grid"] = "none"
     base_resolution: int = 256       # lattice samples per box side ("coarse_grid"); ~0.7 mm on a face
+    # What stage 2 optimizes for the detail. "mlp" (the paper): the geometry MLP itself.
+    # "height_map": a displacement map over the photo's pixels subtracted from the stage-1 SDF
+    # (nn/height_map.py); the MLP is frozen after stage 1. Needs shell.target = "signed".
+    detail: Literal["mlp", "height_map"] = "mlp"
+    height_map_resolution: int = 0   # samples per side of the height map; 0: one per working-crop pixel
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,10 @@ class DetailStageConfig:
     max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
     anneal_iterations: int = 0         # steps over which the remaining geometry frequencies fade in
     rendering_lr_factor: float = 1.0   # the rendering net's lr = lr x this (it starts from scratch here)
+    height_lr: float = 0.01            # height map (model.geometry.detail): Adam step size, mm
+    height_smoothness: float = 1.0     # weight of the height map's mean squared Laplacian (mm^2)
+    skip_features: bool = False        # no photometric rays on brows, eyes, lips (from the landmarks):
+                                       # their colour is albedo a shading model would carve into the surface
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,11 @@ class FitConfig:
     stage2: DetailStageConfig = field(default_factory=DetailStageConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.geometry.detail == "height_map" and self.shell.target != "signed":
+            # the shell's two sheets would both move: h thickens the shell instead of displacing it
+            raise ConfigError("model.geometry.detail = 'height_map' needs shell.target = 'signed'")
 
 
 # --------------------------------------------------------------------------------------------

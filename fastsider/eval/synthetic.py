@@ -43,6 +43,9 @@ from fastsider.camera import Camera, pixel_grid
 from fastsider.config import DefaultModelConfig
 from fastsider.face.default_model import build_default_coarse, orient_towards_camera
 from fastsider.face.landmarks import N_MESH_LANDMARKS, NOW_LANDMARK_IDS
+from fastsider.face.regions import (
+    BROW_LOWER, BROW_UPPER, CHIN, EYE_LOOP, EYE_OUTER, FOREHEAD, LIPS_INNER, LIPS_OUTER, MOUTH_CORNER, NOSE_WING, TOP,
+)
 from fastsider.io import OutputStage, save_image, save_json, save_mesh, square_crop_around
 
 log = logging.getLogger(__name__)
@@ -61,17 +64,6 @@ JSON_POINT_STEP_MM = 1.0     # detail curves in case.json, one point per this mu
 FOREHEAD_GAP_FWHM = 1.5      # forehead lines: crest-to-crest gap >= this many (mean) FWHMs ...
 FOREHEAD_DRIFT_MM = 1.0      # ... plus this, for their independent bends and waves
 
-# MediaPipe face-mesh indices (subject's right = image left)
-TOP, CHIN, FOREHEAD = 10, 152, 151
-EYE_OUTER = {"right": 33, "left": 263}
-NOSE_WING = {"right": 129, "left": 358}
-MOUTH_CORNER = {"right": 61, "left": 291}
-BROW_UPPER = {"right": (70, 63, 105, 66, 107), "left": (300, 293, 334, 296, 336)}
-BROW_LOWER = {"right": (46, 53, 52, 65, 55), "left": (276, 283, 282, 295, 285)}
-EYE_LOOP = {"right": (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
-            "left": (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)}
-LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 IRIS_RADIUS_MM, PUPIL_RADIUS_MM = 5.5, 2.0
 
 

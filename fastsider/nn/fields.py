@@ -26,6 +26,7 @@ class GeometryNet(torch.nn.Module):
         self.mlp = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
                             sphere_radius=cfg.init_sphere_radius)
         self.base: torch.nn.Module | None = None
+        self.height: torch.nn.Module | None = None  # set_height: stage 2's detail, f -= h(project(x))
         self.residual_starts_at_zero = False  # set_base zeroed the MLP's SDF output: f == base until trained
 
     def set_base(self, base: torch.nn.Module) -> None:
@@ -38,10 +39,20 @@ class GeometryNet(torch.nn.Module):
                 layers[-1].bias[0].zero_()
             self.residual_starts_at_zero = True
 
+    def mlp_parameters(self) -> list[torch.nn.Parameter]:
+        """What stage 1 trains (and stage 2 too, unless a height map carries the detail)."""
+        return list(self.mlp.parameters())
+
+    def set_height(self, height: torch.nn.Module) -> None:
+        """Subtract ``height`` (points [n, 3] -> displacement [n], unit-box units) from the SDF."""
+        self.height = height
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""
         out = self.mlp(self.encoding(x))
         sdf = out[:, 0] if self.base is None else self.base(x) + out[:, 0]
+        if self.height is not None:
+            sdf = sdf - self.height(x)
         return sdf, out[:, 1:]
 
     def sdf(self, x: Tensor) -> Tensor:  # [n_pts, 3] -> [n_pts]

@@ -87,5 +87,5 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
     if cfg.active_frequencies > 0 and resume is None:
         encoding.set_active(cfg.active_frequencies)
         model.geometry.silence_frequencies(math.ceil(cfg.active_frequencies))
-    return optimize(model, list(model.geometry.parameters()), loss_fn, schedule, run, generator,
+    return optimize(model, model.geometry.mlp_parameters(), loss_fn, schedule, run, generator,
                     resume=resume, checkpoint=checkpoint, on_step=on_step)

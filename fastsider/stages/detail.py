@@ -11,6 +11,7 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
+from fastsider.nn.height_map import HeightMap, laplacian_energy
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
@@ -39,6 +40,11 @@ def face_rays(camera: Camera, norm: Normalization, face_mask: np.ndarray, image:
     return RayBundle(pixels, origins, dirs, t_start, t_end, colors)
 
 
+def attach_height_map(model: SiderModel, camera: Camera, norm: Normalization, resolution: int) -> None:
+    """Give the geometry net a zero height map over the working crop (``model.geometry.detail``)."""
+    model.geometry.set_height(HeightMap(camera, norm, resolution or camera.width).to(next(model.parameters()).device))
+
+
 def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx: torch.Tensor,
                   cfg: DetailStageConfig, trace: TraceConfig, unit_mm: float) -> dict[str, torch.Tensor]:
     """The three SIDER terms and their weighted sum ('loss'), as a named dict."""
@@ -50,8 +56,11 @@ def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx
     sdf = losses.sdf_l1(pts.sdf, pool.sdf[point_idx], unit_mm)
     eik = losses.eikonal(pts.gradient)
     total = cfg.color_weight * color + cfg.sdf_weight * sdf + cfg.eikonal_weight * eik
-    out = {"loss": total, "color": color, "sdf": sdf, "eikonal": eik,
-           "hit_fraction": r.hit.float().mean()}
+    out = {"color": color, "sdf": sdf, "eikonal": eik, "hit_fraction": r.hit.float().mean()}
+    if model.geometry.height is not None:
+        out["smoothness"] = laplacian_energy(model.geometry.height.values)
+        total = total + cfg.height_smoothness * out["smoothness"]
+    out["loss"] = total
     out["psnr"] = torch.tensor(losses.psnr(r.rgb, target)) if target.numel() else zero
     return out
 
@@ -84,8 +93,10 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         frac = min(1.0, (step + 1) / cfg.anneal_iterations) if cfg.anneal_iterations > 0 else 1.0
         encoding.set_active(start + frac * (encoding.n_frequencies - start))
 
-    groups = [{"params": list(model.geometry.parameters())},
-              {"params": list(model.rendering.parameters()), "lr_factor": cfg.rendering_lr_factor}]
+    height = model.geometry.height
+    geometry = ({"params": [height.values], "lr_factor": cfg.height_lr / cfg.lr} if height is not None
+                else {"params": model.geometry.mlp_parameters()})  # a height map: the MLP stays stage 1's
+    groups = [geometry, {"params": list(model.rendering.parameters()), "lr_factor": cfg.rendering_lr_factor}]
     return optimize(model, groups, loss_fn, schedule, run, generator, resume=resume,
                     checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
                     snapshot_every=cfg.snapshot_every, before_step=anneal)

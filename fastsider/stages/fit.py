@@ -15,7 +15,9 @@ import trimesh
 
 from fastsider import __version__
 from fastsider.config import FitConfig, to_dict
-from fastsider.errors import FastsiderError
+from fastsider.errors import FastsiderError, InputError
+from fastsider.face.landmarks import detect_landmarks
+from fastsider.face.regions import feature_mask
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
 from fastsider.nn.fields import SiderModel
 from fastsider.nn.mlp import resolve_backend
@@ -25,7 +27,7 @@ from fastsider.sdf.mesh import extract_face_mesh
 from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
-from fastsider.stages.detail import face_rays, fit_details
+from fastsider.stages.detail import attach_height_map, face_rays, fit_details
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
 from fastsider.stages.loop import DivergenceError, graceful_interrupts, raise_if_interrupted
@@ -61,6 +63,7 @@ class FitState:
     grid: OccupancyGrid | None   # empty-space skipping for tracing (None: plain tracing, the paper)
     mesh_band: OccupancyGrid     # where marching cubes evaluates the SDF (always the coarse band)
     face_mask: np.ndarray   # [S, S] bool, pixels the coarse face covers
+    ray_mask: np.ndarray    # [S, S] bool, the face pixels stage 2's photometric loss uses
     device: torch.device
 
 
@@ -75,8 +78,27 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
                                device=device)
     grid = band if cfg.trace.use_occupancy_grid else None
     attach_base(model, shell, cfg.model.geometry, device)
+    if cfg.model.geometry.detail == "height_map":
+        attach_height_map(model, c.camera, norm, cfg.model.geometry.height_map_resolution)
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
-    return FitState(prep, norm, shell, model, grid, band, face_mask, device)
+    ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
+    return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, device)
+
+
+FEATURE_GROW_PX = 2  # landmark polygons grown by this much (working-crop pixels) before masking
+
+
+def features_in_crop(prep: Prepared, size: int) -> np.ndarray:
+    """[S, S] bool: the brows, eyes and lips of the working crop, from the photo's landmarks (detected
+    here when a user mesh came without them; none found: an empty mask, with a warning)."""
+    lmk = prep.landmarks_px
+    if lmk is None:
+        try:
+            lmk = detect_landmarks(prep.photo, source="the photo")
+        except InputError as exc:
+            log.warning("stage2.skip_features: %s; the photometric loss keeps brows, eyes and lips", exc)
+            return np.zeros((size, size), dtype=bool)
+    return feature_mask(prep.crop.to_crop(lmk[:, :2]), (size, size), FEATURE_GROW_PX)
 
 
 def checkpoint_file(out_dir: str | Path) -> Path:
@@ -148,7 +170,7 @@ def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, save
     """Stage 1 then stage 2, each resumed from ``saved`` when it is that stage's checkpoint."""
     gen = torch.Generator(device=st.device).manual_seed(cfg.seed)
     stage = saved["stage"] if saved else None
-    rays = face_rays(st.prep.coarse.camera, st.norm, st.face_mask, st.prep.image, st.grid, st.device)
+    rays = face_rays(st.prep.coarse.camera, st.norm, st.ray_mask, st.prep.image, st.grid, st.device)
     s1 = saved["stage1_result"] if stage == "stage2" else None
     try:
         if s1 is None:

@@ -1,0 +1,77 @@
+"""Fine detail as a height map over the photo's pixels: f(x) = f_stage1(x) - h(project(x)).
+
+One photo constrains one depth per pixel, so the detail stage may as well optimize exactly that: a
+displacement h (mm, towards the camera) on a grid over the working crop, read at the projection of
+x and subtracted from the stage-1 SDF. Unlike an MLP on a frequency encoding it has no preferred
+axes (the MLP's residual grows axis-aligned stripes under a photometric loss), its resolution is
+the image's, and a smoothness prior on it is a plain image Laplacian.
+
+The subtraction shifts the zero level set by h along the SDF gradient, i.e. a displacement along
+the surface normal, exact for |grad f| = 1 and an h that varies slowly over h's own size.
+Bilinear interpolation is written out (4 gathers) so that the normal has a derivative of its own
+(implicit differentiation, eikonal term); h is zero outside the grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastsider.camera import Camera
+from fastsider.sdf.shell import Normalization
+
+
+class HeightMap(torch.nn.Module):
+    """h (mm) on a [R, R] grid spanning the working crop of ``camera``, read at projected unit-box points.
+
+    Args:
+        camera: the working-crop camera (camera frame = the mm frame of ``norm``).
+        norm: the unit box of the networks.
+        resolution: grid samples per side; the crop's size gives one sample per pixel.
+    """
+
+    def __init__(self, camera: Camera, norm: Normalization, resolution: int):
+        super().__init__()
+        if resolution < 2:
+            raise ValueError(f"height map resolution must be >= 2, got {resolution}")
+        self.values = torch.nn.Parameter(torch.zeros(resolution, resolution))  # [row, col] = [v, u], mm
+        # pixel -> grid sample: sample centres spread evenly over the crop's pixel extent
+        sx, sy = resolution / camera.width, resolution / camera.height
+        self.fx, self.fy = camera.fx * sx, camera.fy * sy
+        self.cx, self.cy = (camera.cx + 0.5) * sx - 0.5, (camera.cy + 0.5) * sy - 0.5
+        self.centre = tuple(float(c) for c in np.asarray(norm.centre))
+        self.half_size = float(norm.half_size)
+
+    @property
+    def resolution(self) -> int:
+        return self.values.shape[0]
+
+    def grid_coordinates(self, x: Tensor) -> Tensor:
+        """Unit-box points [n, 3] -> (col, row) grid coordinates [n, 2] of their projection."""
+        p = x * self.half_size + torch.tensor(self.centre, dtype=x.dtype, device=x.device)  # mm, camera frame
+        z = p[:, 2].clamp_min(1e-6)
+        return torch.stack([self.fx * p[:, 0] / z + self.cx, self.fy * p[:, 1] / z + self.cy], dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Unit-box points [n, 3] -> h [n] in unit-box units; differentiable w.r.t. x and the values."""
+        r = self.resolution
+        g = self.grid_coordinates(x)
+        i0 = g.detach().floor()
+        w = g - i0                                              # [n, 2], carries d/dx
+        i0 = i0.long()
+        out = torch.zeros(x.shape[0], dtype=self.values.dtype, device=x.device)
+        for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            col, row = i0[:, 0] + dc, i0[:, 1] + dr
+            inside = (col >= 0) & (col < r) & (row >= 0) & (row < r)  # zero padding
+            h = self.values[row.clamp(0, r - 1), col.clamp(0, r - 1)] * inside
+            wc = w[:, 0] if dc else 1.0 - w[:, 0]
+            wr = w[:, 1] if dr else 1.0 - w[:, 1]
+            out = out + wc * wr * h
+        return out.to(x.dtype) / self.half_size
+
+
+def laplacian_energy(values: Tensor) -> Tensor:
+    """mean squared 5-point Laplacian of a [R, R] map (its units squared): the smoothness prior."""
+    lap = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1] - 4.0 * values[1:-1, 1:-1])
+    return (lap**2).mean()
