@@ -35,11 +35,12 @@ class HeightMap(torch.nn.Module):
         super().__init__()
         if resolution < 2:
             raise ValueError(f"height map resolution must be >= 2, got {resolution}")
+        if camera.width != camera.height:
+            raise ValueError(f"the working crop is square; got {camera.width}x{camera.height}")
         self.values = torch.nn.Parameter(torch.zeros(resolution, resolution))  # [row, col] = [v, u], mm
-        # pixel -> grid sample: sample centres spread evenly over the crop's pixel extent
-        sx, sy = resolution / camera.width, resolution / camera.height
-        self.fx, self.fy = camera.fx * sx, camera.fy * sy
-        self.cx, self.cy = (camera.cx + 0.5) * sx - 0.5, (camera.cy + 0.5) * sy - 0.5
+        # the grid seen as an image: its sample centres spread evenly over the crop's pixel extent
+        s = resolution / camera.width
+        self.grid_camera = camera.transformed(s, 0.5 * s - 0.5, 0.5 * s - 0.5, resolution, resolution)
         self.centre = tuple(float(c) for c in np.asarray(norm.centre))
         self.half_size = float(norm.half_size)
 
@@ -51,7 +52,8 @@ class HeightMap(torch.nn.Module):
         """Unit-box points [n, 3] -> (col, row) grid coordinates [n, 2] of their projection."""
         p = x * self.half_size + torch.tensor(self.centre, dtype=x.dtype, device=x.device)  # mm, camera frame
         z = p[:, 2].clamp_min(1e-6)
-        return torch.stack([self.fx * p[:, 0] / z + self.cx, self.fy * p[:, 1] / z + self.cy], dim=-1)
+        c = self.grid_camera
+        return torch.stack([c.fx * p[:, 0] / z + c.cx, c.fy * p[:, 1] / z + c.cy], dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> h [n] in unit-box units; differentiable w.r.t. x and the values."""

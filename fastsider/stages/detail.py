@@ -40,9 +40,10 @@ def face_rays(camera: Camera, norm: Normalization, face_mask: np.ndarray, image:
     return RayBundle(pixels, origins, dirs, t_start, t_end, colors)
 
 
-def attach_height_map(model: SiderModel, camera: Camera, norm: Normalization, resolution: int) -> None:
+def attach_height_map(model: SiderModel, camera: Camera, norm: Normalization, resolution: int,
+                      device: torch.device) -> None:
     """Give the geometry net a zero height map over the working crop (``model.geometry.detail``)."""
-    model.geometry.set_height(HeightMap(camera, norm, resolution or camera.width).to(next(model.parameters()).device))
+    model.geometry.set_height(HeightMap(camera, norm, resolution or camera.width).to(device))
 
 
 def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx: torch.Tensor,

@@ -79,7 +79,7 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     grid = band if cfg.trace.use_occupancy_grid else None
     attach_base(model, shell, cfg.model.geometry, device)
     if cfg.model.geometry.detail == "height_map":
-        attach_height_map(model, c.camera, norm, cfg.model.geometry.height_map_resolution)
+        attach_height_map(model, c.camera, norm, cfg.model.geometry.height_map_resolution, device)
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
     ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
     return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, device)
