@@ -126,10 +126,18 @@ class RenderingNetConfig:
     # normal (Lambertian skin under smooth light, as in face capture); the network can only make a
     # wrinkle's shading through the normal, as long as the albedo's frequencies stay below it
     shading: Literal["mlp", "albedo_sh"] = "mlp"
+    # albedo_sh only: > 0 takes the albedo from an RGB grid of this many cells per side over the
+    # working crop (nn/height_map.py) instead of the MLP. A cell of ~8 mm holds skin blotches but
+    # not a 1-6 mm wrinkle, whose shading is then left to the geometry. 0: the MLP's albedo
+    albedo_resolution: int = 0
 
     def __post_init__(self) -> None:
         if self.shading == "albedo_sh" and not self.use_normal:
             raise ConfigError("model.rendering.shading = 'albedo_sh' needs use_normal = true")
+        if self.albedo_resolution and self.shading != "albedo_sh":
+            raise ConfigError("model.rendering.albedo_resolution needs shading = 'albedo_sh'")
+        if self.albedo_resolution == 1 or self.albedo_resolution < 0:
+            raise ConfigError(f"model.rendering.albedo_resolution must be 0 or >= 2, got {self.albedo_resolution}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,7 @@ class TraceConfig:
 @dataclass(frozen=True)
 class DetailStageConfig:
     iterations: int = 300
-    rays_per_batch: int = 2048
+    rays_per_batch: int = 2048         # the mlp detail; a height map takes every face ray each step
     lr: float = 1e-4                   # paper; 3e-4 and up tore holes in the astronaut's surface
     color_weight: float = 1.0
     sdf_weight: float = 100.0          # paper; the term is in metres (sdf/losses.py). Lower weights

@@ -215,7 +215,9 @@ def stage_speed(summary: dict[str, Any], stage: str) -> dict[str, Any]:
     out = {"seconds": seconds, "iterations": iterations, "iterations_per_s": _ratio(iterations, seconds),
            "seconds_per_iteration": _ratio(seconds, iterations)}
     if stage == "stage2":
-        rays = min(int(summary["config"]["stage2"]["rays_per_batch"]), int(summary.get("face_rays", 2**62)))
+        face_rays = int(summary.get("face_rays", 2**62))
+        every_ray = summary["config"].get("model", {}).get("geometry", {}).get("detail") == "height_map"
+        rays = face_rays if every_ray else min(int(summary["config"]["stage2"]["rays_per_batch"]), face_rays)
         out["rays_per_batch"] = rays
         out["rays_per_s"] = _ratio(iterations * rays, seconds)
     return out

@@ -94,15 +94,19 @@ class RenderingNet(torch.nn.Module):
             n_in = (pos_in + (self.view_encoding.n_output_dims if cfg.use_view else 0)
                     + (3 if cfg.use_normal else 0) + feature_in)
         self.mlp = make_mlp(n_in, 3, cfg.network, backend)
+        self.albedo: torch.nn.Module | None = None  # set_albedo: albedo_sh reads it instead of the MLP
+
+    def set_albedo(self, albedo: torch.nn.Module) -> None:
+        """Take albedo_sh's albedo from ``albedo`` (unit-box points [n, 3] -> rgb [n, 3])."""
+        if self.shading != "albedo_sh":
+            raise ValueError("an albedo module needs shading = 'albedo_sh'")
+        self.albedo = albedo
 
     def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
         """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
-        parts = [self.pos_encoding(x)] if self.use_position else []
         if self.shading == "albedo_sh":
-            if self.use_feature:
-                parts.append(features)
-            albedo = self.mlp(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
-            return albedo * (sh_basis(normals) @ self.sh.T).clamp_min(0.0)
+            return self._albedo(x, features) * (sh_basis(normals) @ self.sh.T).clamp_min(0.0)
+        parts = [self.pos_encoding(x)] if self.use_position else []
         if self.use_view:
             parts.append(self.view_encoding(view_dirs))
         if self.use_normal:
@@ -110,6 +114,14 @@ class RenderingNet(torch.nn.Module):
         if self.use_feature:
             parts.append(features)
         return self.mlp(torch.cat(parts, dim=-1))
+
+    def _albedo(self, x: Tensor, features: Tensor) -> Tensor:
+        if self.albedo is not None:
+            return self.albedo(x)
+        parts = [self.pos_encoding(x)] if self.use_position else []
+        if self.use_feature:
+            parts.append(features)
+        return self.mlp(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
 
 
 N_SH = 9  # real spherical harmonics up to order 2

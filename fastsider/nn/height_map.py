@@ -1,4 +1,4 @@
-"""Fine detail as a height map over the photo's pixels: f(x) = f_stage1(x) - h(project(x)).
+"""Fields over the photo's pixels: detail as a height map, albedo as a coarse colour grid.
 
 One photo constrains one depth per pixel, so the detail stage may as well optimize exactly that: a
 displacement h (mm, towards the camera) on a grid over the working crop, read at the projection of
@@ -10,6 +10,10 @@ The subtraction shifts the zero level set by h along the SDF gradient, i.e. a di
 the surface normal, exact for |grad f| = 1 and an h that varies slowly over h's own size.
 Bilinear interpolation is written out (4 gathers) so that the normal has a derivative of its own
 (implicit differentiation, eikonal term); h is zero outside the grid.
+
+The albedo grid is the same projection with a few cells per side: albedo that cannot vary faster
+than its cells cannot explain a wrinkle's shading, which is then left to h (the frequency split
+that separates skin blotches from folds).
 """
 
 from __future__ import annotations
@@ -22,22 +26,45 @@ from fastsider.camera import Camera
 from fastsider.sdf.shell import Normalization
 
 
-class HeightMap(torch.nn.Module):
-    """h (mm) on a [R, R] grid spanning the working crop of ``camera``, read at projected unit-box points.
+def bilinear(values: Tensor, g: Tensor, border: bool = False) -> Tensor:
+    """[C, R, R] grid read at (col, row) coordinates g [n, 2] -> [n, C]; differentiable in both.
+
+    Outside the grid: zero (``border`` False) or the nearest edge value (``border`` True).
+    """
+    r = values.shape[-1]
+    if border:
+        g = g.clamp(0.0, r - 1.0)
+    i0 = g.detach().floor()
+    w = g - i0                                              # [n, 2], carries d/dg
+    i0 = i0.long()
+    out = torch.zeros(g.shape[0], values.shape[0], dtype=values.dtype, device=g.device)
+    for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        col, row = i0[:, 0] + dc, i0[:, 1] + dr
+        inside = (col >= 0) & (col < r) & (row >= 0) & (row < r)
+        v = values[:, row.clamp(0, r - 1), col.clamp(0, r - 1)].T * inside[:, None]
+        wc = w[:, 0] if dc else 1.0 - w[:, 0]
+        wr = w[:, 1] if dr else 1.0 - w[:, 1]
+        out = out + (wc * wr)[:, None] * v
+    return out
+
+
+class CropGrid(torch.nn.Module):
+    """A [C, R, R] parameter grid spanning the working crop of ``camera``, read at projected points.
 
     Args:
         camera: the working-crop camera (camera frame = the mm frame of ``norm``).
         norm: the unit box of the networks.
         resolution: grid samples per side; the crop's size gives one sample per pixel.
+        init: [C] initial value of every cell.
     """
 
-    def __init__(self, camera: Camera, norm: Normalization, resolution: int):
+    def __init__(self, camera: Camera, norm: Normalization, resolution: int, init: Tensor):
         super().__init__()
         if resolution < 2:
-            raise ValueError(f"height map resolution must be >= 2, got {resolution}")
+            raise ValueError(f"image grid resolution must be >= 2, got {resolution}")
         if camera.width != camera.height:
             raise ValueError(f"the working crop is square; got {camera.width}x{camera.height}")
-        self.values = torch.nn.Parameter(torch.zeros(resolution, resolution))  # [row, col] = [v, u], mm
+        self.values = torch.nn.Parameter(init.float().view(-1, 1, 1).repeat(1, resolution, resolution))
         # the grid seen as an image: its sample centres spread evenly over the crop's pixel extent
         s = resolution / camera.width
         self.grid_camera = camera.transformed(s, 0.5 * s - 0.5, 0.5 * s - 0.5, resolution, resolution)
@@ -46,7 +73,7 @@ class HeightMap(torch.nn.Module):
 
     @property
     def resolution(self) -> int:
-        return self.values.shape[0]
+        return self.values.shape[-1]
 
     def grid_coordinates(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> (col, row) grid coordinates [n, 2] of their projection."""
@@ -55,22 +82,32 @@ class HeightMap(torch.nn.Module):
         c = self.grid_camera
         return torch.stack([c.fx * p[:, 0] / z + c.cx, c.fy * p[:, 1] / z + c.cy], dim=-1)
 
+
+class HeightMap(CropGrid):
+    """h (mm) on a [R, R] grid over the working crop; ``values`` [1, R, R], zero outside."""
+
+    def __init__(self, camera: Camera, norm: Normalization, resolution: int):
+        super().__init__(camera, norm, resolution, torch.zeros(1))
+
+    def height_mm(self) -> Tensor:
+        """The map [R, R] (row, col) in mm."""
+        return self.values[0]
+
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> h [n] in unit-box units; differentiable w.r.t. x and the values."""
-        r = self.resolution
-        g = self.grid_coordinates(x)
-        i0 = g.detach().floor()
-        w = g - i0                                              # [n, 2], carries d/dx
-        i0 = i0.long()
-        out = torch.zeros(x.shape[0], dtype=self.values.dtype, device=x.device)
-        for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1)):
-            col, row = i0[:, 0] + dc, i0[:, 1] + dr
-            inside = (col >= 0) & (col < r) & (row >= 0) & (row < r)  # zero padding
-            h = self.values[row.clamp(0, r - 1), col.clamp(0, r - 1)] * inside
-            wc = w[:, 0] if dc else 1.0 - w[:, 0]
-            wr = w[:, 1] if dr else 1.0 - w[:, 1]
-            out = out + wc * wr * h
-        return out.to(x.dtype) / self.half_size
+        return bilinear(self.values, self.grid_coordinates(x))[:, 0].to(x.dtype) / self.half_size
+
+
+class AlbedoGrid(CropGrid):
+    """RGB albedo = exp(grid) on a coarse [R, R] grid over the working crop (log: positive, and
+    multiplicative changes cost the same in dark and bright skin); the edge value outside."""
+
+    def __init__(self, camera: Camera, norm: Normalization, resolution: int, init_rgb: Tensor):
+        super().__init__(camera, norm, resolution, torch.log(init_rgb.clamp(1e-3, 1.0)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Unit-box points [n, 3] -> albedo [n, 3] (no derivative w.r.t. x is needed: it is not geometry)."""
+        return torch.exp(bilinear(self.values, self.grid_coordinates(x.detach()), border=True)).to(x.dtype)
 
 
 def laplacian_energy(values: Tensor) -> Tensor:

@@ -1,8 +1,17 @@
-"""Stage 2: photometric detail optimization (SIDER eq.: L1 colour + 100 |f - SDF_GT| + 1e-4 eikonal)."""
+"""Stage 2: photometric detail optimization (SIDER eq.: L1 colour + 100 |f - SDF_GT| + 1e-4 eikonal).
+
+Two ways to carry the detail (``model.geometry.detail``):
+- "mlp" (the paper): the geometry MLP moves; each step sphere-traces a batch of rays and reattaches
+  the hits to the parameters (IDR's implicit differentiation).
+- "height_map": f = F - h(project(x)) with F, stage 1's SDF, frozen. Along a pixel's ray h is one
+  number, so the hit follows from F(x0 + t d) = h: one Newton step from the traced hit x0 with F's
+  value and gradient there cached -- the same implicit differentiation, exact to first order in
+  h (sub-mm), at no network cost. Every face ray then enters every step, and each step is cheap.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -11,12 +20,12 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import HeightMap, laplacian_energy
+from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
 from fastsider.sdf.trace import ray_aabb_intersect
-from fastsider.sdf.views import RayBundle, render_rays
+from fastsider.sdf.views import RayBundle, render_rays, trace_model
 from fastsider.stages.coarse_sdf import PointPool
 from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
 
@@ -46,23 +55,106 @@ def attach_height_map(model: SiderModel, camera: Camera, norm: Normalization, re
     model.geometry.set_height(HeightMap(camera, norm, resolution or camera.width).to(device))
 
 
-def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx: torch.Tensor,
-                  cfg: DetailStageConfig, trace: TraceConfig, unit_mm: float) -> dict[str, torch.Tensor]:
-    """The three SIDER terms and their weighted sum ('loss'), as a named dict."""
-    r = render_rays(model, rays, trace, create_graph=True)
-    target = rays.colors[r.hit]
-    pts = model.sdf_with_gradient(pool.points[point_idx], create_graph=True)
+def attach_albedo_grid(model: SiderModel, camera: Camera, norm: Normalization, resolution: int,
+                       colors: torch.Tensor) -> None:
+    """Give albedo_sh a coarse image-space albedo grid starting at the face's mean colour [n, 3]."""
+    model.rendering.set_albedo(AlbedoGrid(camera, norm, resolution, colors.mean(0).cpu()).to(colors.device))
+
+
+def combine_terms(model: SiderModel, rgb: torch.Tensor, target: torch.Tensor, pts_sdf: torch.Tensor,
+                  pts_target: torch.Tensor, pts_gradient: torch.Tensor, cfg: DetailStageConfig,
+                  unit_mm: float) -> dict[str, torch.Tensor]:
+    """The three SIDER terms (+ the height map's smoothness) and their weighted sum ('loss')."""
     zero = torch.zeros((), device=target.device)
-    color = losses.color_l1(r.rgb, target) if target.numel() else zero
-    sdf = losses.sdf_l1(pts.sdf, pool.sdf[point_idx], unit_mm)
-    eik = losses.eikonal(pts.gradient)
+    color = losses.color_l1(rgb, target) if target.numel() else zero
+    sdf = losses.sdf_l1(pts_sdf, pts_target, unit_mm)
+    eik = losses.eikonal(pts_gradient)
     total = cfg.color_weight * color + cfg.sdf_weight * sdf + cfg.eikonal_weight * eik
-    out = {"color": color, "sdf": sdf, "eikonal": eik, "hit_fraction": r.hit.float().mean()}
+    out = {"color": color, "sdf": sdf, "eikonal": eik}
     if model.geometry.height is not None:
-        out["smoothness"] = laplacian_energy(model.geometry.height.values)
+        out["smoothness"] = laplacian_energy(model.geometry.height.height_mm())
         total = total + cfg.height_smoothness * out["smoothness"]
     out["loss"] = total
-    out["psnr"] = torch.tensor(losses.psnr(r.rgb, target)) if target.numel() else zero
+    out["psnr"] = torch.tensor(losses.psnr(rgb, target)) if target.numel() else zero
+    return out
+
+
+def detail_losses(model: SiderModel, rays: RayBundle, pool: PointPool, point_idx: torch.Tensor,
+                  cfg: DetailStageConfig, trace: TraceConfig, unit_mm: float) -> dict[str, torch.Tensor]:
+    """Traced rays and SDF points through the full networks (the "mlp" detail)."""
+    r = render_rays(model, rays, trace, create_graph=True)
+    pts = model.sdf_with_gradient(pool.points[point_idx], create_graph=True)
+    out = combine_terms(model, r.rgb, rays.colors[r.hit], pts.sdf, pool.sdf[point_idx], pts.gradient, cfg, unit_mm)
+    out["hit_fraction"] = r.hit.float().mean()
+    return out
+
+
+class FrozenSurface(NamedTuple):
+    """Stage 1's SDF F (the geometry net without its height map) cached where stage 2 reads it."""
+
+    rays: RayBundle         # the face rays that hit, [n]
+    points: torch.Tensor    # [n, 3] traced hits x0
+    sdf: torch.Tensor       # [n] F(x0)
+    gradient: torch.Tensor  # [n, 3] grad F(x0)
+    feature: torch.Tensor   # [n, F]
+    pool_sdf: torch.Tensor       # [m] F at the SDF pool's points
+    pool_gradient: torch.Tensor  # [m, 3]
+    hit_fraction: float
+
+
+def height_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+    """grad_x h(project(x)) [n, 3] (unit-box units), differentiable w.r.t. the map."""
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(height(xr).sum(), xr, create_graph=create_graph)
+    return g
+
+
+def frozen_sdf(model: SiderModel, x: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, ...]:
+    """F, grad F and the feature at x [n, 3], where F = f + h: the net without its height map."""
+    height = model.geometry.height
+    parts = []
+    for i in range(0, x.shape[0], chunk):
+        xi = x[i:i + chunk]
+        s = model.sdf_with_gradient(xi, create_graph=False)
+        parts.append((s.sdf.detach() + height(xi).detach(), s.gradient.detach() + height_gradient(height, xi, False),
+                      s.feature.detach()))
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+@torch.no_grad()
+def freeze_surface(model: SiderModel, rays: RayBundle, pool: PointPool, trace: TraceConfig) -> FrozenSurface:
+    """Trace every face ray once and cache F at the hits and at the pool (the "height_map" detail)."""
+    traced = trace_model(model, rays, trace)
+    hit_rays = rays.subset(traced.hit)
+    x0 = traced.points[traced.hit]
+    sdf, grad, feature = frozen_sdf(model, x0)
+    pool_sdf, pool_grad, _ = frozen_sdf(model, pool.points)
+    return FrozenSurface(hit_rays, x0, sdf, grad, feature, pool_sdf, pool_grad, float(traced.hit.float().mean()))
+
+
+def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = True):
+    """Hits, unit normals and colours [n, 3] of f = F - h for the frozen surface's rays.
+
+    Differentiable w.r.t.: the height map and the rendering net.
+    """
+    height = model.geometry.height
+    d = s.rays.dirs
+    t = (height(s.points) - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
+    x = s.points + t[:, None] * d
+    normals = torch.nn.functional.normalize(s.gradient - height_gradient(height, s.points, create_graph), dim=-1)
+    return x, normals, model.rendering(x, normals, d, s.feature)
+
+
+def height_map_losses(model: SiderModel, s: FrozenSurface, pool: PointPool, point_idx: torch.Tensor,
+                      cfg: DetailStageConfig, unit_mm: float) -> dict[str, torch.Tensor]:
+    """Every frozen ray, and SDF points with f = F - h and grad f = grad F - grad h."""
+    _, _, rgb = render_height_map(model, s)
+    height, pts = model.geometry.height, pool.points[point_idx]
+    pts_sdf = s.pool_sdf[point_idx] - height(pts)
+    pts_grad = s.pool_gradient[point_idx] - height_gradient(height, pts)
+    out = combine_terms(model, rgb, s.rays.colors, pts_sdf, pool.sdf[point_idx], pts_grad, cfg, unit_mm)
+    out["hit_fraction"] = torch.tensor(s.hit_fraction)
     return out
 
 
@@ -73,16 +165,25 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
                 anneal_from: float = 0.0) -> dict[str, float]:
     """Adam over both networks, batches of face rays and SDF points. Returns final stats.
 
+    With a height map: Adam over the map and the rendering net, every face ray each step.
+
     ``anneal_from`` > 0: the geometry encoding starts with that many frequencies (stage 1's) and
     reaches all of them after ``cfg.anneal_iterations`` steps.
     """
     device = rays.origins.device
     n_rays, n_pts = rays.origins.shape[0], pool.points.shape[0]
 
+    height = model.geometry.height
+    frozen = freeze_surface(model, rays, pool, trace) if height is not None else None
+
     def loss_fn() -> dict[str, torch.Tensor]:
-        ray_idx = torch.randint(n_rays, (min(cfg.rays_per_batch, n_rays),), generator=generator, device=device)
-        pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
-        terms = detail_losses(model, rays.subset(ray_idx), pool, pt_idx, cfg, trace, unit_mm)
+        if frozen is not None:
+            pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
+            terms = height_map_losses(model, frozen, pool, pt_idx, cfg, unit_mm)
+        else:
+            ray_idx = torch.randint(n_rays, (min(cfg.rays_per_batch, n_rays),), generator=generator, device=device)
+            pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
+            terms = detail_losses(model, rays.subset(ray_idx), pool, pt_idx, cfg, trace, unit_mm)
         terms["sdf_mm"] = terms.pop("sdf") * losses.MM_PER_M
         return terms
 
@@ -94,7 +195,6 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         frac = min(1.0, (step + 1) / cfg.anneal_iterations) if cfg.anneal_iterations > 0 else 1.0
         encoding.set_active(start + frac * (encoding.n_frequencies - start))
 
-    height = model.geometry.height
     geometry = ({"params": [height.values], "lr_factor": cfg.height_lr / cfg.lr} if height is not None
                 else {"params": model.geometry.mlp_parameters()})  # a height map: the MLP stays stage 1's
     groups = [geometry, {"params": list(model.rendering.parameters()), "lr_factor": cfg.rendering_lr_factor}]

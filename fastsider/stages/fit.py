@@ -27,7 +27,7 @@ from fastsider.sdf.mesh import extract_face_mesh
 from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
-from fastsider.stages.detail import attach_height_map, face_rays, fit_details
+from fastsider.stages.detail import attach_albedo_grid, attach_height_map, face_rays, fit_details
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
 from fastsider.stages.loop import DivergenceError, graceful_interrupts, raise_if_interrupted
@@ -81,6 +81,9 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     if cfg.model.geometry.detail == "height_map":
         attach_height_map(model, c.camera, norm, cfg.model.geometry.height_map_resolution, device)
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
+    if cfg.model.rendering.albedo_resolution:
+        colors = torch.tensor(prep.image[face_mask], dtype=torch.float32, device=device)
+        attach_albedo_grid(model, c.camera, norm, cfg.model.rendering.albedo_resolution, colors)
     ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
     return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, device)
 
