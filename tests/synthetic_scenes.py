@@ -54,3 +54,14 @@ def bump_scene(size_px: int = 64, bump_mm: float = 4.0, sigma_mm: float = 12.0, 
     flat = raycast_mesh(coarse.vertices, coarse.faces, cam)
     region = surf.mask & ((flat.depth - surf.depth) > bump_mm / 3)
     return BumpScene(cam, image.astype(np.float32), true, coarse, surf.depth, region)
+
+
+def bump_depth_error_mm(model, rays, norm, trace, scene: BumpScene) -> float:
+    """Mean |traced depth - true depth| (mm) over the scene's bump region, through the sphere tracer."""
+    from fastsider.sdf.views import render_views
+
+    r = render_views(model, rays, trace)
+    pix = rays.pixels[r.hit].long().numpy()
+    depth = np.full(scene.true_depth.shape, np.nan)
+    depth[pix[:, 1], pix[:, 0]] = norm.to_mm(r.points.numpy())[:, 2]
+    return float(np.nanmean(np.abs(depth - scene.true_depth)[scene.bump_region]))

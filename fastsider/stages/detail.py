@@ -102,12 +102,14 @@ class FrozenSurface(NamedTuple):
     hit_fraction: float
 
 
-def height_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
-    """grad_x h(project(x)) [n, 3] (unit-box units), differentiable w.r.t. the map."""
+def height_with_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True):
+    """h(project(x)) [n] and its gradient in x [n, 3] (unit-box units) from one read of the map;
+    both differentiable w.r.t. the map when ``create_graph``, detached otherwise."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(height(xr).sum(), xr, create_graph=create_graph)
-    return g
+        h = height(xr)
+        (g,) = torch.autograd.grad(h.sum(), xr, create_graph=create_graph)
+    return (h, g) if create_graph else (h.detach(), g)
 
 
 def frozen_sdf(model: SiderModel, x: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, ...]:
@@ -117,8 +119,8 @@ def frozen_sdf(model: SiderModel, x: torch.Tensor, chunk: int = 32768) -> tuple[
     for i in range(0, x.shape[0], chunk):
         xi = x[i:i + chunk]
         s = model.sdf_with_gradient(xi, create_graph=False)
-        parts.append((s.sdf.detach() + height(xi).detach(), s.gradient.detach() + height_gradient(height, xi, False),
-                      s.feature.detach()))
+        h, h_grad = height_with_gradient(height, xi, create_graph=False)
+        parts.append((s.sdf.detach() + h, s.gradient.detach() + h_grad, s.feature.detach()))
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -140,9 +142,10 @@ def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = 
     """
     height = model.geometry.height
     d = s.rays.dirs
-    t = (height(s.points) - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
+    h, h_grad = height_with_gradient(height, s.points, create_graph)
+    t = (h - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
     x = s.points + t[:, None] * d
-    normals = torch.nn.functional.normalize(s.gradient - height_gradient(height, s.points, create_graph), dim=-1)
+    normals = torch.nn.functional.normalize(s.gradient - h_grad, dim=-1)
     return x, normals, model.rendering(x, normals, d, s.feature)
 
 
@@ -150,9 +153,9 @@ def height_map_losses(model: SiderModel, s: FrozenSurface, pool: PointPool, poin
                       cfg: DetailStageConfig, unit_mm: float) -> dict[str, torch.Tensor]:
     """Every frozen ray, and SDF points with f = F - h and grad f = grad F - grad h."""
     _, _, rgb = render_height_map(model, s)
-    height, pts = model.geometry.height, pool.points[point_idx]
-    pts_sdf = s.pool_sdf[point_idx] - height(pts)
-    pts_grad = s.pool_gradient[point_idx] - height_gradient(height, pts)
+    h, h_grad = height_with_gradient(model.geometry.height, pool.points[point_idx])
+    pts_sdf = s.pool_sdf[point_idx] - h
+    pts_grad = s.pool_gradient[point_idx] - h_grad
     out = combine_terms(model, rgb, s.rays.colors, pts_sdf, pool.sdf[point_idx], pts_grad, cfg, unit_mm)
     out["hit_fraction"] = torch.tensor(s.hit_fraction)
     return out
