@@ -34,8 +34,8 @@ class ConfigError(FastsiderError, ValueError):
 
 @dataclass(frozen=True)
 class ImageConfig:
-    resolution: int = 256          # working square crop, pixels
-    crop_margin: float = 0.45      # extra border around the face box, fraction of its size
+    resolution: int = 512          # working square crop, pixels
+    crop_margin: float = 0.2       # extra border around the face box, fraction of its size
     min_face_px: int = 64          # faces smaller than this (box side, input pixels) are refused
     min_image_px: int = 64         # shorter image side below this is refused
     max_megapixels: float = 100.0  # larger images are refused (memory)
@@ -88,27 +88,28 @@ class GeometryNetConfig:
     )
     feature_dim: int = 16            # feature vector handed to the rendering net
     init_sphere_radius: float = 0.5  # geometric init radius, normalized units
-    # "none" (both presets): the paper's plain MLP, which stage 1 fits to the coarse SDF.
-    # "coarse_grid": f(x) = coarse SDF on a lattice (trilinear) + the MLP, whose SDF output starts
-    # at exactly zero (sdf/base_grid.py): no stage 1, and the coarse shape is kept to ~0.005 mm
-    # where stage 2 does not move it. Not the default yet: with the paper's prior (L1, weight 100)
-    # stage 2 leaves the zero residual nearly untouched, so the mesh is the coarse one (README)
-    base: Literal["none", "coarse_grid"] = "none"
+    # "none" (reference): the paper's plain MLP, which stage 1 fits to the coarse SDF.
+    # "coarse_grid" (fast): f(x) = coarse SDF on a lattice (trilinear) + the MLP, whose SDF output
+    # starts at exactly zero (sdf/base_grid.py): no stage-1 steps, and the coarse shape is kept to
+    # ~0.005 mm where stage 2 does not move it
+    base: Literal["none", "coarse_grid"] = "coarse_grid"
     base_resolution: int = 256       # lattice samples per box side ("coarse_grid"); ~0.7 mm on a face
-    # What stage 2 optimizes for the detail. "mlp" (the paper): the geometry MLP itself.
-    # "height_map": a displacement map over the photo's pixels subtracted from the stage-1 SDF
-    # (nn/height_map.py); the MLP is frozen after stage 1. Needs shell.target = "signed".
-    detail: Literal["mlp", "height_map"] = "mlp"
-    height_map_resolution: int = 0   # samples per side of the height map; 0: one per working-crop pixel
+    # What stage 2 optimizes for the detail. "mlp" (reference, the paper): the geometry MLP itself.
+    # "height_map" (fast): a displacement map over the crop subtracted from the stage-1 SDF
+    # (nn/height_map.py), on every face ray each step; the MLP is frozen after stage 1. On the
+    # synthetic faces it is the setting that lowers the wrinkle regions' error (README).
+    # Needs shell.target = "signed".
+    detail: Literal["mlp", "height_map"] = "height_map"
+    height_map_resolution: int = 256  # samples per side of the height map; 0: one per working-crop pixel
 
 
 @dataclass(frozen=True)
 class RenderingNetConfig:
-    # fast preset: x enters the rendering net un-encoded and without the feature vector, so the
-    # net cannot paint shading in as high-frequency albedo and must explain it through normals;
-    # on the bump benchmark (tests/test_stages.py) this is the setting that moves the geometry.
-    # (albedo_sh with an encoded x reaches 33 dB on the synthetic faces but paints the bump's
-    # shading into albedo: the bump test fails with it)
+    # fast preset: albedo_sh with a 24-cell albedo grid (below). Where the MLP renders (shading
+    # "mlp", or the albedo MLP with albedo_resolution 0), x enters it un-encoded and without the
+    # feature vector, so it cannot paint shading in as high-frequency albedo and must explain it
+    # through normals (an encoded x reaches 33 dB on the synthetic faces but paints the bump's
+    # shading into albedo: tests/test_stages.py's bump test fails with it)
     encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=0))
     view_encoding: EncodingConfig = field(default_factory=lambda: EncodingConfig(n_frequencies=2))
     network: NetworkConfig = field(
@@ -125,11 +126,11 @@ class RenderingNetConfig:
     # albedo of the encoded position times a learned 2nd-order spherical-harmonics shading of the
     # normal (Lambertian skin under smooth light, as in face capture); the network can only make a
     # wrinkle's shading through the normal, as long as the albedo's frequencies stay below it
-    shading: Literal["mlp", "albedo_sh"] = "mlp"
+    shading: Literal["mlp", "albedo_sh"] = "albedo_sh"
     # albedo_sh only: > 0 takes the albedo from an RGB grid of this many cells per side over the
     # working crop (nn/height_map.py) instead of the MLP. A cell of ~8 mm holds skin blotches but
     # not a 1-6 mm wrinkle, whose shading is then left to the geometry. 0: the MLP's albedo
-    albedo_resolution: int = 0
+    albedo_resolution: int = 24
 
     def __post_init__(self) -> None:
         if self.shading == "albedo_sh" and not self.use_normal:
@@ -160,7 +161,7 @@ class ShellConfig:
 
 @dataclass(frozen=True)
 class CoarseStageConfig:
-    iterations: int = 1000
+    iterations: int = 1000           # unused with model.geometry.base = "coarse_grid" (fast preset)
     batch_points: int = 8192
     lr: float = 5e-3
     lr_decay: float = 0.05             # lr falls exponentially to lr * lr_decay at the last step
@@ -183,7 +184,7 @@ class TraceConfig:
 
 @dataclass(frozen=True)
 class DetailStageConfig:
-    iterations: int = 300
+    iterations: int = 600
     rays_per_batch: int = 2048         # the mlp detail; a height map takes every face ray each step
     lr: float = 1e-4                   # paper; 3e-4 and up tore holes in the astronaut's surface
     color_weight: float = 1.0
@@ -191,19 +192,20 @@ class DetailStageConfig:
                                        # recover more of a synthetic bump but shred real photos
     eikonal_weight: float = 1e-4
     sdf_points_per_batch: int = 4096
-    snapshot_every: int = 100          # 0: no progress snapshots
+    snapshot_every: int = 0            # steps between progress snapshots (snapshots/, a full-crop trace each:
+                                       # ~10 s at 512 px on a 2-core CPU); 0: none
     max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
     anneal_iterations: int = 0         # steps over which the remaining geometry frequencies fade in
-    rendering_lr_factor: float = 1.0   # the rendering net's lr = lr x this (it starts from scratch here)
+    rendering_lr_factor: float = 200.0  # the rendering net's lr = lr x this (it starts from scratch here)
     height_lr: float = 0.01            # height map (model.geometry.detail): Adam step size, mm
-    height_smoothness: float = 1.0     # weight of the height map's mean squared Laplacian (mm^2)
-    skip_features: bool = False        # no photometric rays on brows, eyes, lips (from the landmarks):
+    height_smoothness: float = 0.3     # weight of the height map's mean squared Laplacian (mm^2)
+    skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
                                        # their colour is albedo a shading model would carve into the surface
 
 
 @dataclass(frozen=True)
 class MeshConfig:
-    resolution: int = 192              # marching-cubes samples along the longest box side
+    resolution: int = 320              # marching-cubes samples along the longest box side
     chunk_points: int = 131072
 
 

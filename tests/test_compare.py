@@ -135,6 +135,9 @@ def test_budget_overrides_win_and_meshes_match(tmp_path):
     cfg = load_config(REFERENCE, preset_overrides(timed, REFERENCE, fast_summary))
     assert cfg.stage1.max_seconds == pytest.approx(12.5) and cfg.stage2.max_seconds > 0  # 0 would mean "none"
     assert cfg.stage1.iterations == cfg.stage2.iterations == TIME_BUDGET_ITERATIONS
+    # a fast run without stage-1 steps: the reference gets the same total, half per stage
+    cfg = load_config(REFERENCE, preset_overrides(timed, REFERENCE, {"seconds": {"stage1": 0.0, "stage2": 30.0}}))
+    assert cfg.stage1.max_seconds == pytest.approx(15.0) and cfg.stage2.max_seconds == pytest.approx(15.0)
 
 
 def test_progress_lines_of_the_fit_are_parsed():
@@ -201,16 +204,19 @@ def test_tool_end_to_end(smoke_report):
                  "coarse/coarse.ply"):
         assert (out / name).is_file(), name
     data = json.loads((out / "report.json").read_text())
-    for preset in (FAST, REFERENCE):
+    # the fast preset has no stage-1 steps (coarse SDF on a lattice); the reference fits its MLP
+    for preset, stage1_steps in ((FAST, 0), (REFERENCE, 20)):
         p = data["presets"][preset]
-        assert (p["stage1"]["iterations"], p["stage2"]["iterations"]) == (20, 2)
-        assert p["stage1"]["seconds"] > 0 and p["stage2"]["seconds"] > 0 and p["total_seconds"] > 0
+        assert (p["stage1"]["iterations"], p["stage2"]["iterations"]) == (stage1_steps, 2)
+        assert (p["stage1"]["seconds"] > 0) == (stage1_steps > 0)
+        assert p["stage2"]["seconds"] > 0 and p["total_seconds"] > 0
         assert p["stage2"]["rays_per_s"] > 0 and p["peak_rss_mb"] > 0
     assert math.isfinite(data["quality"]["fast_vs_reference"]["chamfer_mm"])
     assert data["quality"]["fast_vs_reference"]["scan_to_mesh_mm"]["count"] > 0
-    for key in ("stage1_per_iteration", "stage2_per_iteration", "total_wall"):
+    for key in ("stage2_per_iteration", "total_wall"):
         assert data["speedup"][key] > 0, key
-    assert data["threads"] == 1 and "fast is" in (out / "report.md").read_text()
+    assert data["speedup"]["stage1_per_iteration"] is None
+    assert data["threads"] == 1 and "without stage-1 steps" in (out / "report.md").read_text()
     assert "fastsider vs reference: speed" in proc.stderr  # the terminal table
 
 

@@ -226,7 +226,7 @@ def test_albedo_grid_starts_at_its_colour_and_holds_the_edge_outside():
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
     with pytest.raises(ConfigError, match="albedo_sh"):
-        load_config(None, ["model.rendering.albedo_resolution=16"])
+        load_config(None, ["model.rendering.shading=mlp", "model.rendering.albedo_resolution=16"])
 
 
 def test_height_map_stage_recovers_a_known_bump_under_an_albedo_blotch():

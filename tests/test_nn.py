@@ -80,7 +80,8 @@ def test_tcnn_refuses_torch_only_options():
 def test_rendering_ablation_switches_change_inputs():
     from dataclasses import replace
 
-    cfg = ModelConfig()
+    default = ModelConfig()  # the paper's MLP shading g(x, n, v, feature), where the switches apply
+    cfg = replace(default, rendering=replace(default.rendering, shading="mlp", albedo_resolution=0))
     full = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_feature=True)), "torch")
     no_feat = SiderModel(replace(cfg, rendering=replace(cfg.rendering, use_feature=False)), "torch")
     n_full = full.rendering.mlp.layers[0].in_features

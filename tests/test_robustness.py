@@ -101,7 +101,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, stage: str, min_step
     raise AssertionError(f"no {stage} checkpoint at step >= {min_step} within {timeout} s")
 
 
-RESUMABLE = ("run.checkpoint_every=20", "stage2.iterations=30")  # checkpoints in both stages
+RESUMABLE = ("run.checkpoint_every=20", "stage2.iterations=60", "stage2.snapshot_every=10")  # checkpoints at 20, 40
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_ctrl_c_leaves_no_outputs_and_resumes(tmp_path, example_files, reference
     photo, lmk = example_files
     argv = fit_argv(photo, lmk, tmp_path, *RESUMABLE)
     proc = _start(argv)
-    _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
+    _wait_for_checkpoint(proc, tmp_path, "stage2", 20)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -154,7 +154,9 @@ def test_ctrl_c_leaves_no_outputs_and_resumes(tmp_path, example_files, reference
 
 def test_a_checkpoint_from_another_config_or_input_is_refused(tmp_path, example_files, capsys):
     photo, lmk = example_files
-    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage1.iterations=40")
+    # the paper's path (stage-1 MLP fit), so stage-1 checkpoints are covered too
+    argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage1.iterations=40",
+                    "model.geometry.base=none", "model.geometry.detail=mlp")
     proc = _start(argv)
     _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
     os.killpg(proc.pid, signal.SIGKILL)

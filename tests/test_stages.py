@@ -69,11 +69,14 @@ def test_detail_stage_recovers_part_of_a_known_bump():
     from fastsider.stages.detail import face_rays, fit_details
     from synthetic_scenes import bump_depth_error_mm, bump_scene
 
-    # a weak prior and a high lr let 200 CPU-cheap steps move the surface (the fast preset's
-    # paper values, weight 100 / lr 1e-4, are what real photos need and barely move it here)
-    cfg = load_config(None, ["stage1.iterations=300", "stage1.batch_points=4096", "stage2.iterations=300",
-                             "stage2.rays_per_batch=1024", "stage2.sdf_points_per_batch=2048",
-                             "stage2.sdf_weight=3.0", "stage2.lr=1e-3"])
+    # the paper's path: a plain MLP fitted in stage 1 and optimized in stage 2 with the MLP shading
+    # (tests/test_height_map.py has the fast preset's height map). A weak prior and a high lr let
+    # 300 CPU-cheap steps move the surface (the paper's weight 100 / lr 1e-4 barely move it here)
+    cfg = load_config(None, ["model.geometry.base=none", "model.geometry.detail=mlp",
+                             "model.rendering.shading=mlp", "model.rendering.albedo_resolution=0",
+                             "stage2.rendering_lr_factor=1", "stage1.iterations=300", "stage1.batch_points=4096",
+                             "stage2.iterations=300", "stage2.rays_per_batch=1024", "stage2.sdf_points_per_batch=2048",
+                             "stage2.sdf_weight=3.0", "stage2.lr=1e-3", "stage2.skip_features=false"])
     sc = bump_scene()
     norm = Normalization.around(sc.coarse_mesh.vertices, cfg.shell.box_margin)
     shell = ShellSDF(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, cfg.shell.thickness_mm, norm, cfg.shell.target)

@@ -108,7 +108,7 @@ def test_written_case_loads_through_the_product(case, case_dir):
     # the user-mesh path of `fastsider fit` accepts the files as they are
     prep = prepare(case_dir / "image.png", FitConfig(), CoarseInputs(mesh=case_dir / "coarse.ply",
                                                                       camera=case_dir / "camera.json"))
-    assert prep.coarse.vertices.shape == v.shape and prep.image.shape[:2] == (256, 256)
+    assert prep.coarse.vertices.shape == v.shape and prep.image.shape[:2] == (FitConfig().image.resolution,) * 2
 
 
 def test_coarse_and_gt_differ_by_the_known_displacement(case):
