@@ -44,5 +44,9 @@ def test_bench_command_writes_a_report(tmp_path):
     assert case["coarse"]["wrinkle_scan_to_mesh"]["count"] > 100
     assert np.isfinite(case["detailed"]["scan_to_mesh"]["mean"])
     assert case["seconds"]["stage2"] > 0 and data["overall"]["mean_case_reduction"]
+    coarse_w, detailed_w = case["coarse"]["wrinkle_scan_to_mesh"]["mean"], case["detailed"]["wrinkle_scan_to_mesh"]["mean"]
+    assert data["overall"]["mean_case_reduction"]["wrinkle_scan_to_mesh_mean"] == \
+        pytest.approx((coarse_w - detailed_w) / coarse_w)
+    assert "wrinkle scan-to-mesh mean" in (out / "bench_report.md").read_text()
     for name in ("bench_report.md", "cumulative_error.png", "pictures/case_000.png", "fits/case_000/mesh.ply"):
         assert (out / name).is_file(), name
