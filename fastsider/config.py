@@ -199,6 +199,9 @@ class DetailStageConfig:
     rendering_lr_factor: float = 200.0  # the rendering net's lr = lr x this (it starts from scratch here)
     height_lr: float = 0.01            # height map (model.geometry.detail): Adam step size, mm
     height_smoothness: float = 0.3     # weight of the height map's mean squared Laplacian (mm^2)
+    height_tv: float = 0.1             # weight of its total variation (mean |neighbour difference|, mm):
+                                       # on synthetic case 0 it halves what h adds outside the wrinkles
+                                       # (0.007 -> 0.003 mm) for a little of their depth (README)
     skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
                                        # their colour is albedo a shading model would carve into the surface
 

@@ -10,7 +10,7 @@ import torch
 from fastsider.camera import Camera, project
 from fastsider.config import ConfigError, load_config
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import HeightMap, laplacian_energy
+from fastsider.nn.height_map import HeightMap, laplacian_energy, total_variation
 from fastsider.sdf.shell import Normalization
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 
@@ -63,6 +63,16 @@ def test_zero_outside_the_grid():
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)  # projects left of the crop
     assert hm.grid_coordinates(far_left)[0, 0] < -1.0 and hm(far_left).item() == 0.0
     assert hm(points_in_view(10)).allclose(torch.full((10,), 1.0 / NORM.half_size, dtype=torch.float64))
+
+
+def test_total_variation_of_a_ramp_and_of_a_fold_of_any_width():
+    rows, cols = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    assert total_variation(0.25 * cols - 0.5 * rows).item() == pytest.approx(0.75)  # |slopes| per cell
+    # a groove across the map, 0.8 deep, a plateau between two ramps: its cost is twice its depth
+    # per row of differences whatever its width (the L1 on h grows with the width)
+    for width in (2, 6, 12):
+        groove = -0.8 * ((cols - 16.0).abs() <= width).double()
+        assert total_variation(groove).item() == pytest.approx(2 * 0.8 / 32, rel=1e-6)
 
 
 def test_laplacian_energy_is_zero_on_planes_and_exact_on_a_parabola():

@@ -110,6 +110,13 @@ class AlbedoGrid(CropGrid):
         return torch.exp(bilinear(self.values, self.grid_coordinates(x.detach()), border=True)).to(x.dtype)
 
 
+def total_variation(values: Tensor) -> Tensor:
+    """Mean absolute difference between neighbouring cells of a [R, R] map, rows plus columns (its
+    units per cell): the noise prior. A fold costs its depth x its length whatever its width, as its
+    shading gives; a speck of freckle-sized noise costs its rim, far more than its area (the L1)."""
+    return (values[1:, :] - values[:-1, :]).abs().mean() + (values[:, 1:] - values[:, :-1]).abs().mean()
+
+
 def laplacian_energy(values: Tensor) -> Tensor:
     """mean squared 5-point Laplacian of a [R, R] map (its units squared): the smoothness prior."""
     lap = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1] - 4.0 * values[1:-1, 1:-1])

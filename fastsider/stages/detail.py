@@ -20,7 +20,7 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy
+from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy, total_variation
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
@@ -72,8 +72,10 @@ def combine_terms(model: SiderModel, rgb: torch.Tensor, target: torch.Tensor, pt
     total = cfg.color_weight * color + cfg.sdf_weight * sdf + cfg.eikonal_weight * eik
     out = {"color": color, "sdf": sdf, "eikonal": eik}
     if model.geometry.height is not None:
-        out["smoothness"] = laplacian_energy(model.geometry.height.height_mm())
-        total = total + cfg.height_smoothness * out["smoothness"]
+        height_mm = model.geometry.height.height_mm()
+        out["smoothness"] = laplacian_energy(height_mm)
+        out["total_variation"] = total_variation(height_mm)
+        total = total + cfg.height_smoothness * out["smoothness"] + cfg.height_tv * out["total_variation"]
     out["loss"] = total
     out["psnr"] = torch.tensor(losses.psnr(rgb, target)) if target.numel() else zero
     return out
