@@ -177,8 +177,10 @@ def case_rows(result: BenchResult) -> list[list[Any]]:
         rows.append([c.name, c.coarse.scan_to_mesh.median, c.coarse.scan_to_mesh.mean,
                      c.detailed.scan_to_mesh.median, c.detailed.scan_to_mesh.mean,
                      100 * c.reduction("scan_to_mesh", "median"), 100 * c.reduction("scan_to_mesh", "mean"),
-                     c.coarse.wrinkle_scan_to_mesh.mean, c.detailed.wrinkle_scan_to_mesh.mean, c.coarse.normal_deg.mean, c.detailed.normal_deg.mean, c.coarse.wrinkle_normal_deg.mean,
-                     c.detailed.wrinkle_normal_deg.mean, c.seconds.get("stage1"), c.seconds.get("stage2"),
+                     c.coarse.wrinkle_scan_to_mesh.mean, c.detailed.wrinkle_scan_to_mesh.mean,
+                     c.coarse.normal_deg.mean, c.detailed.normal_deg.mean,
+                     c.coarse.wrinkle_normal_deg.mean, c.detailed.wrinkle_normal_deg.mean,
+                     c.seconds.get("stage1"), c.seconds.get("stage2"),
                      c.seconds.get("total"), c.peak_memory_mb.get("rss")])
     return rows
 
