@@ -141,6 +141,34 @@ def test_meshing_keeps_the_front_sheet_of_a_shell_and_the_mid_surface_is_the_pla
     np.testing.assert_allclose(mid[:, 2], 600.0, atol=1e-3)
 
 
+def test_meshing_a_solid_in_a_band_keeps_no_walls_at_the_band_edge():
+    """A solid half-space behind the plane z = 600 mm (negative behind it, as a face's signed SDF),
+    evaluated only in a band around the plane whose back edge is a staircase (an occupancy grid's
+    cells): behind the plane the SDF is still negative against the positive fill outside the band,
+    and the stairs' risers face the camera on one side. Those crossings are not surface; every kept
+    vertex must be on the plane."""
+    import torch
+
+    from fastsider.sdf.grid import OccupancyGrid
+    from fastsider.sdf.mesh import extract_face_mesh
+    from fastsider.sdf.shell import Normalization
+
+    cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
+    norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
+
+    def solid_sdf(x):  # unit box; the plane through the box centre, inside = behind it (+z)
+        return -x[:, 2]
+    r = 32
+    c = (torch.arange(r) + 0.5) / r * 2 - 1  # cell centres
+    cx, cy, cz = torch.meshgrid(c, c, c, indexing="ij")
+    back = 0.2 + 0.15 * torch.floor((cx + 1.0) * 3.0)  # deeper by 6 mm every third of the box
+    band = OccupancyGrid((cz > -0.2) & (cz < back) & (cx.abs() < 0.6) & (cy.abs() < 0.6))
+    verts, faces = extract_face_mesh(solid_sdf, norm, band, 96, cam, np.ones((64, 64), bool),
+                                     torch.device("cpu"), 1 << 16)
+    assert len(faces) > 100
+    np.testing.assert_allclose(verts[:, 2], 600.0, atol=1e-3)
+
+
 def test_signed_target_is_the_signed_distance_to_a_camera_facing_plane():
     """target='signed': zero on the mesh, positive towards the camera, |.| the exact distance."""
     from fastsider.sdf.shell import Normalization, ShellSDF

@@ -18,8 +18,9 @@ OUTSIDE = 1.0  # SDF value given to samples outside the occupied band (unit-box 
 
 @torch.no_grad()
 def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None, device: torch.device,
-                      chunk: int) -> np.ndarray:
-    """SDF on a resolution^3 lattice over [-1, 1]^3 (index order x, y, z); only band cells evaluated."""
+                      chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """SDF on a resolution^3 lattice over [-1, 1]^3 (index order x, y, z), evaluated in the band
+    only, OUTSIDE elsewhere; and which samples were evaluated ([R, R, R] bool)."""
     axis = torch.linspace(-1.0, 1.0, resolution, device=device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     values = torch.full((pts.shape[0],), OUTSIDE, device=device)
@@ -28,7 +29,20 @@ def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None
     for i in range(0, idx.numel(), chunk):
         sel = idx[i : i + chunk]
         values[sel] = sdf_fn(pts[sel]).float()
-    return values.reshape(resolution, resolution, resolution).cpu().numpy()
+    shape = (resolution,) * 3
+    return values.reshape(shape).cpu().numpy(), keep.reshape(shape).cpu().numpy()
+
+
+def cubes_inside(evaluated: np.ndarray) -> np.ndarray:
+    """[R-1]^3 bool: marching-cubes cells whose 8 corners were all evaluated. A zero crossing
+    against the OUTSIDE fill is the band's edge, not a surface: behind the face the SDF is still
+    negative there, and the band's blocky sides become walls along the view."""
+    inside = np.ones(tuple(n - 1 for n in evaluated.shape), dtype=bool)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                inside &= evaluated[dx : dx + inside.shape[0], dy : dy + inside.shape[1], dz : dz + inside.shape[2]]
+    return inside
 
 
 def front_sheet(vertices_mm: np.ndarray, faces: np.ndarray, camera: Camera, face_mask: np.ndarray,
@@ -48,13 +62,16 @@ def front_sheet(vertices_mm: np.ndarray, faces: np.ndarray, camera: Camera, face
 def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | None, resolution: int,
                       camera: Camera, face_mask: np.ndarray, device: torch.device, chunk: int):
     """Detailed face surface in mm, camera frame: (vertices [n_verts, 3], faces [n_faces, 3])."""
-    vol = sample_sdf_volume(sdf_fn, resolution, grid, device, chunk)
+    vol, evaluated = sample_sdf_volume(sdf_fn, resolution, grid, device, chunk)
     if not (vol.min() < 0.0 < vol.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     spacing = 2.0 / (resolution - 1)
     # skimage's 'descent' (object = low values, like an SDF's inside) winds faces with outward
     # normals; 'ascent' would wind them inward and front_sheet would keep the back of the shell
     verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(spacing,) * 3, gradient_direction="descent")
+    # each triangle lies in one cell: the one holding its centroid (lattice index units)
+    cell = np.clip(np.floor(verts[faces].mean(axis=1) / spacing).astype(int), 0, resolution - 2)
+    faces = faces[cubes_inside(evaluated)[cell[:, 0], cell[:, 1], cell[:, 2]]]
     verts_mm = norm.to_mm(verts - 1.0)
     faces = front_sheet(verts_mm, faces, camera, face_mask)
     mesh = trimesh.Trimesh(verts_mm, faces, process=False)
