@@ -196,6 +196,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                  "normal error %+.1f%% (wrinkles %+.1f%%) -> %s", 100 * red["scan_to_mesh_median"],
                  100 * red["scan_to_mesh_mean"], 100 * red["normal_mean"], 100 * red["wrinkle_normal_mean"],
                  args.out / "bench_report.md")
+        depth = data["overall"]["depth_recovered_mean"]
+        log.info("depth recovered (1 = full): %s", ", ".join(
+            f"{k.replace('_', ' ')} {v:.2f}" if v is not None else f"{k.replace('_', ' ')} -" for k, v in depth.items()))
     return 0
 
 

@@ -31,6 +31,24 @@ def test_evaluation_knows_the_truth(case_dir, tmp_path):
     assert 0.3 * disp[labels > 0].mean() < coarse.wrinkle_scan_to_mesh.mean < 1.5 * disp[labels > 0].mean()
     assert coarse.wrinkle_normal_deg.mean > 2.0  # wrinkles tilt the normals by degrees
     assert len(dist["coarse"]) == len(dist["detailed"]) == coarse.scan_to_mesh.count
+    regions = {"forehead", "crows_feet", "nasolabial", "bump"}
+    assert set(detailed.depth_recovered) == set(coarse.depth_recovered) == regions
+    for name in regions:
+        assert detailed.depth_recovered[name] == pytest.approx(1.0, abs=0.01), name
+        assert coarse.depth_recovered[name] == pytest.approx(0.0, abs=0.02), name
+
+
+def test_depth_recovered_reads_a_half_depth_mesh_as_half(case_dir, tmp_path):
+    """The GT with every vertex moved halfway back to the coarse surface recovers half the depth."""
+    from fastsider.eval.metrics import MeshQuery
+    from fastsider.io import load_mesh, save_mesh
+
+    gt, coarse = load_mesh(case_dir / "gt.ply"), load_mesh(case_dir / "coarse.ply")
+    on_coarse = MeshQuery(np.asarray(coarse.vertices), np.asarray(coarse.faces)).closest(np.asarray(gt.vertices)).point
+    save_mesh(tmp_path / "mesh.ply", 0.5 * (np.asarray(gt.vertices) + on_coarse), np.asarray(gt.faces))
+    _, detailed, _ = evaluate_fit(case_dir, tmp_path)
+    for name, share in detailed.depth_recovered.items():
+        assert share == pytest.approx(0.5, abs=0.05), name
 
 
 def test_bench_command_writes_a_report(tmp_path):
@@ -47,6 +65,10 @@ def test_bench_command_writes_a_report(tmp_path):
     coarse_w, detailed_w = case["coarse"]["wrinkle_scan_to_mesh"]["mean"], case["detailed"]["wrinkle_scan_to_mesh"]["mean"]
     assert data["overall"]["mean_case_reduction"]["wrinkle_scan_to_mesh_mean"] == \
         pytest.approx((coarse_w - detailed_w) / coarse_w)
-    assert "wrinkle scan-to-mesh mean" in (out / "bench_report.md").read_text()
+    report = (out / "bench_report.md").read_text()
+    assert "wrinkle scan-to-mesh mean" in report and "Depth recovered by region" in report
+    recovered = data["overall"]["depth_recovered_mean"]
+    assert set(recovered) == set(case["detailed"]["depth_recovered"]) and "nasolabial" in recovered
+    assert recovered["nasolabial"] == pytest.approx(case["detailed"]["depth_recovered"]["nasolabial"])
     for name in ("bench_report.md", "cumulative_error.png", "pictures/case_000.png", "fits/case_000/mesh.ply"):
         assert (out / name).is_file(), name

@@ -12,7 +12,9 @@ from fastsider.eval.metrics import (
     ErrorStats,
     chamfer,
     cumulative_curve,
+    depth_recovered,
     normal_angle_error,
+    normal_offsets,
     point_to_mesh,
     scan_to_mesh,
     within_radius,
@@ -111,6 +113,42 @@ def test_normal_error_follows_closest_face():
     pts = np.array([[0, 0, 1.0], [100.0, 0, 0.5]])
     err = normal_angle_error(pts, np.tile([0, 0, 1.0], (2, 1)), v, f)
     np.testing.assert_allclose(err, [0.0, 45.0], atol=1e-6)
+
+
+def bump_mesh(depth: float, sigma: float = 8.0, size: float = 100.0, n: int = 401):
+    """The plane grid z = depth * exp(-r^2 / (2 sigma^2)) (a groove for depth < 0)."""
+    v, f = plane(size, n)
+    v[:, 2] = depth * np.exp(-(v[:, 0] ** 2 + v[:, 1] ** 2) / (2 * sigma**2))
+    return v, f
+
+
+def test_normal_offsets_of_a_shifted_plane_are_the_shift_with_its_sign():
+    v, f = plane()
+    rng = np.random.default_rng(3)
+    origins = np.concatenate([rng.uniform(-30, 30, (50, 2)), np.zeros((50, 1))], axis=1)
+    up = np.tile([0.0, 0.0, 1.0], (50, 1))
+    np.testing.assert_allclose(normal_offsets(origins, up, v + [0.0, 0.0, 0.3], f), 0.3, atol=1e-9)
+    np.testing.assert_allclose(normal_offsets(origins, -up, v + [0.0, 0.0, 0.3], f), -0.3, atol=1e-9)
+    assert np.isnan(normal_offsets(origins, up, v + [0.0, 0.0, 6.0], f)).all()  # beyond the reach
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0, -1.0])
+def test_depth_recovered_of_a_scaled_groove_is_the_scale(share):
+    """Origins on the flat base, truth a 1 mm deep Gaussian groove; a mesh of the groove at ``share``
+    of its depth recovers that share."""
+    rng = np.random.default_rng(4)
+    xy = rng.uniform(-20, 20, (400, 2))
+    origins = np.concatenate([xy, np.zeros((400, 1))], axis=1)
+    up = np.tile([0.0, 0.0, 1.0], (400, 1))
+    true = -1.0 * np.exp(-(xy**2).sum(1) / (2 * 8.0**2))
+    found = normal_offsets(origins, up, *bump_mesh(-1.0 * share))
+    assert depth_recovered(true, found) == pytest.approx(share, abs=1e-3)
+
+
+def test_depth_recovered_without_a_displacement_is_nan():
+    assert math.isnan(depth_recovered(np.zeros(5), np.ones(5)))
+    with pytest.raises(ValueError):
+        depth_recovered(np.zeros(5), np.zeros(4))
 
 
 def test_error_stats_known_array():
