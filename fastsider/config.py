@@ -128,8 +128,8 @@ class RenderingNetConfig:
     # wrinkle's shading through the normal, as long as the albedo's frequencies stay below it
     shading: Literal["mlp", "albedo_sh"] = "albedo_sh"
     # albedo_sh only: > 0 takes the albedo from an RGB grid of this many cells per side over the
-    # working crop (nn/height_map.py) instead of the MLP. A cell of ~7 mm holds skin blotches down
-    # to ~15 mm but not a 1-6 mm wrinkle, whose shading is then left to the geometry (coarser
+    # working crop (nn/height_map.py, a cubic B-spline) instead of the MLP. A cell of ~7 mm holds
+    # skin blotches down to ~15 mm but not a 1-6 mm wrinkle, whose shading is then left to the geometry (coarser
     # cells push the blotches they miss into the geometry as mid-scale noise). 0: the MLP's albedo
     albedo_resolution: int = 32
 
@@ -189,11 +189,11 @@ class DetailStageConfig:
     rays_per_batch: int = 2048         # the mlp detail; a height map takes every face ray each step
     lr: float = 1e-4                   # paper; 3e-4 and up tore holes in the astronaut's surface
     color_weight: float = 1.0
-    sdf_weight: float = 30.0           # the paper's is 100 (reference preset); the term is in metres
+    sdf_weight: float = 15.0           # the paper's is 100 (reference preset); the term is in metres
                                        # (sdf/losses.py). On the height map it is an L1 on h that costs a
-                                       # nasolabial fold more than its shading gains: 30 keeps 1.6x more
-                                       # wrinkle depth (bench). On the MLP detail, weights this low
-                                       # shred real photos: keep 100 there
+                                       # nasolabial fold more than its shading gains: 15 keeps more of the
+                                       # wrinkles' depth (README, bench). On the MLP detail, weights this
+                                       # low shred real photos: keep 100 there
     eikonal_weight: float = 1e-4
     sdf_points_per_batch: int = 4096
     snapshot_every: int = 0            # steps between progress snapshots (snapshots/, a full-crop trace each:

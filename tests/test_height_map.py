@@ -226,13 +226,49 @@ def test_linearized_hits_match_traced_hits_and_their_derivative():
     assert fd < 0  # raising h brings the surface towards the camera (smaller z)
 
 
+def test_cubic_bspline_reproduces_linear_grids_and_has_a_continuous_slope():
+    from fastsider.nn.height_map import cubic_bspline
+
+    r = 10
+    rows, cols = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64),
+                                indexing="ij")
+    plane = torch.stack([0.3 + 0.2 * cols - 0.1 * rows, torch.full_like(cols, 2.0)])  # [2, R, R]
+    g = 1.0 + 7.0 * torch.rand(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = cubic_bspline(plane, g)  # 1 cell inside the border: no clamped taps
+    assert torch.allclose(out[:, 0], 0.3 + 0.2 * g[:, 0] - 0.1 * g[:, 1], atol=1e-12)
+    assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], 2.0), atol=1e-12)
+    # a single spike: value and slope agree from both sides of a cell line (bilinear's slope jumps)
+    spike = torch.zeros(1, r, r, dtype=torch.float64)
+    spike[0, 5, 5] = 1.0
+    eps = 1e-6
+    g = torch.tensor([[5.0 - eps, 5.3], [5.0 + eps, 5.3], [5.0 - 3 * eps, 5.3], [5.0 + 3 * eps, 5.3]],
+                     dtype=torch.float64)
+    v = cubic_bspline(spike, g)[:, 0]
+    slope_left, slope_right = (v[0] - v[2]) / (2 * eps), (v[3] - v[1]) / (2 * eps)
+    assert abs(v[0] - v[1]) < 1e-5 and abs(slope_left - slope_right) < 1e-4
+    assert abs(slope_left) < 1e-4  # the spline peaks over its control value
+
+
+def test_albedo_grid_reads_its_tabulated_spline_within_a_small_error():
+    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, bilinear, cubic_bspline
+
+    grid = AlbedoGrid(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
+    with torch.no_grad():  # a smooth log-albedo: 5% waves over the grid
+        rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+        grid.values += 0.05 * torch.sin(0.9 * cols + 0.4 * rows).double()
+    g = 7.0 * torch.rand(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = cubic_bspline(grid.values, g)
+    table = bilinear(grid.spline_table(), g * SPLINE_TABLE_STEPS, border=True)
+    assert (table - exact).abs().max() < 1e-3
+
+
 def test_albedo_grid_starts_at_its_colour_and_holds_the_edge_outside():
     from fastsider.nn.height_map import AlbedoGrid
 
     grid = AlbedoGrid(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
     assert torch.allclose(grid(points_in_view(20)), torch.tensor([0.6, 0.4, 0.3], dtype=torch.float64), atol=1e-6)
     with torch.no_grad():
-        grid.values[:, :, 0] = 0.0  # left column: albedo exp(0) = 1
+        grid.values[:, :, :2] = 0.0  # the two left columns (the spline's taps at the edge): albedo exp(0) = 1
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
     with pytest.raises(ConfigError, match="albedo_sh"):

@@ -48,6 +48,33 @@ def bilinear(values: Tensor, g: Tensor, border: bool = False) -> Tensor:
     return out
 
 
+def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
+    """[C, R, R] control grid read at (col, row) coordinates g [n, 2] -> [n, C] with the uniform
+    cubic B-spline (4 x 4 taps, the edge control value repeated outside); differentiable in the values.
+
+    A smoothing spline, not an interpolating one: it reproduces constant and linear grids exactly
+    and is C2 everywhere, so unlike bilinear cells it leaves no kinks along the cell lines for a
+    photometric fit to explain with something else.
+    """
+    r = values.shape[-1]
+    g = g.clamp(0.0, r - 1.0)
+    i0 = g.detach().floor()
+    t = g - i0
+    i0 = i0.long()
+
+    def weights(u: Tensor) -> tuple[Tensor, ...]:
+        return ((1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6, (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6)
+
+    w_col, w_row = weights(t[:, 0]), weights(t[:, 1])
+    out = torch.zeros(g.shape[0], values.shape[0], dtype=values.dtype, device=g.device)
+    for a in range(4):
+        col = (i0[:, 0] + a - 1).clamp(0, r - 1)
+        for b in range(4):
+            row = (i0[:, 1] + b - 1).clamp(0, r - 1)
+            out = out + (w_col[a] * w_row[b])[:, None] * values[:, row, col].T
+    return out
+
+
 class CropGrid(torch.nn.Module):
     """A [C, R, R] parameter grid spanning the working crop of ``camera``, read at projected points.
 
@@ -98,16 +125,31 @@ class HeightMap(CropGrid):
         return bilinear(self.values, self.grid_coordinates(x))[:, 0].to(x.dtype) / self.half_size
 
 
+SPLINE_TABLE_STEPS = 4  # samples per albedo cell of the tabulated spline
+
+
 class AlbedoGrid(CropGrid):
     """RGB albedo = exp(grid) on a coarse [R, R] grid over the working crop (log: positive, and
-    multiplicative changes cost the same in dark and bright skin); the edge value outside."""
+    multiplicative changes cost the same in dark and bright skin), read as a cubic B-spline; the
+    edge value outside. Bilinear cells left a periodic residual that the height map copied as
+    noise (25% more noise outside the wrinkles at the same wrinkle depth, synthetic case 0)."""
 
     def __init__(self, camera: Camera, norm: Normalization, resolution: int, init_rgb: Tensor):
         super().__init__(camera, norm, resolution, torch.log(init_rgb.clamp(1e-3, 1.0)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> albedo [n, 3] (no derivative w.r.t. x is needed: it is not geometry)."""
-        return torch.exp(bilinear(self.values, self.grid_coordinates(x.detach()), border=True)).to(x.dtype)
+        return torch.exp(bilinear(self.spline_table(), self.grid_coordinates(x.detach()) * SPLINE_TABLE_STEPS,
+                                  border=True)).to(x.dtype)
+
+    def spline_table(self) -> Tensor:
+        """The spline tabulated SPLINE_TABLE_STEPS samples per cell, [C, F, F]: read bilinearly, it
+        costs a ray 4 gathers instead of 16 and differs from the spline by O(cell / steps)^2."""
+        r, k = self.resolution, SPLINE_TABLE_STEPS
+        at = torch.arange(k * (r - 1) + 1, dtype=self.values.dtype, device=self.values.device) / k
+        rows, cols = torch.meshgrid(at, at, indexing="ij")
+        table = cubic_bspline(self.values, torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1))
+        return table.T.reshape(-1, len(at), len(at))
 
 
 def total_variation(values: Tensor) -> Tensor:
