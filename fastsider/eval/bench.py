@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import trimesh
@@ -21,7 +21,8 @@ from scipy.ndimage import binary_erosion
 
 from fastsider.camera import Camera, project
 from fastsider.config import FitConfig, to_dict
-from fastsider.eval.metrics import ErrorStats, MeshQuery, depth_recovered, normal_angle_error, normal_offsets, scan_to_mesh
+from fastsider.eval.metrics import (ErrorStats, MeshQuery, depth_recovered, finite_or_none, normal_angle_error,
+                                    normal_offsets, scan_to_mesh)
 from fastsider.io import OutputStage, load_mesh, save_json
 from fastsider.render import normal_map, raycast_mesh
 
@@ -47,7 +48,7 @@ class CaseErrors:
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v.to_json_dict() for k, v in self.__dict__.items() if isinstance(v, ErrorStats)}
-        out["depth_recovered"] = {k: (v if np.isfinite(v) else None) for k, v in self.depth_recovered.items()}
+        out["depth_recovered"] = {k: finite_or_none(v) for k, v in self.depth_recovered.items()}
         return out
 
 
@@ -97,11 +98,11 @@ def mesh_errors(gt: trimesh.Trimesh, labels: np.ndarray, region: np.ndarray,
 
 
 def depth_recovered_by_region(gt: trimesh.Trimesh, coarse: trimesh.Trimesh, labels: np.ndarray,
-                              region: np.ndarray, pred: trimesh.Trimesh) -> dict[str, float]:
-    """Detail region name -> share of its true depth that ``pred`` reproduces (metrics.depth_recovered).
+                              region: np.ndarray, meshes: Sequence[trimesh.Trimesh]) -> list[dict[str, float]]:
+    """Per mesh: detail region name -> share of its true depth the mesh reproduces (metrics.depth_recovered).
 
     Both displacements are measured from the coarse surface (the synthetic base) along its normal
-    at the point closest to each GT vertex: the GT vertex's own, and that of pred's closest point.
+    at the point closest to each GT vertex: the GT vertex's own, and where that normal meets the mesh.
     """
     from fastsider.eval.synthetic import REGIONS
 
@@ -111,9 +112,13 @@ def depth_recovered_by_region(gt: trimesh.Trimesh, coarse: trimesh.Trimesh, labe
     normals = query.face_normals()[closest.face]
     normals *= -np.sign(np.einsum("ij,ij->i", normals, closest.point))[:, None]  # towards the camera (origin)
     true = np.einsum("ij,ij->i", points - closest.point, normals)
-    found = normal_offsets(closest.point, normals, np.asarray(pred.vertices), np.asarray(pred.faces))
     lab = labels[region]
-    return {name: depth_recovered(true[lab == code], found[lab == code]) for name, code in REGIONS.items() if code}
+    out = []
+    for mesh in meshes:
+        found = normal_offsets(closest.point, normals, np.asarray(mesh.vertices), np.asarray(mesh.faces))
+        out.append({name: depth_recovered(true[lab == code], found[lab == code])
+                    for name, code in REGIONS.items() if code})
+    return out
 
 
 def evaluate_fit(case_dir: Path, fit_dir: Path, mesh_name: str = "mesh.ply") -> tuple[CaseErrors, CaseErrors, dict]:
@@ -125,8 +130,8 @@ def evaluate_fit(case_dir: Path, fit_dir: Path, mesh_name: str = "mesh.ply") -> 
     region = evaluation_region(gt, coarse, Camera.load(case_dir / "camera.json"))
     coarse_err, d_coarse = mesh_errors(gt, labels, region, coarse)
     detailed_err, d_detailed = mesh_errors(gt, labels, region, detailed)
-    coarse_err.depth_recovered = depth_recovered_by_region(gt, coarse, labels, region, coarse)
-    detailed_err.depth_recovered = depth_recovered_by_region(gt, coarse, labels, region, detailed)
+    coarse_err.depth_recovered, detailed_err.depth_recovered = depth_recovered_by_region(
+        gt, coarse, labels, region, (coarse, detailed))
     return coarse_err, detailed_err, {"coarse": d_coarse, "detailed": d_detailed}
 
 
@@ -239,25 +244,19 @@ def overall(result: BenchResult) -> dict[str, Any]:
             "normal_mean": mean_reduction("normal_deg", "mean"),
             "wrinkle_normal_mean": mean_reduction("wrinkle_normal_deg", "mean"),
         },
-        "depth_recovered_mean": {k: (v if np.isfinite(v) else None) for k, v in mean_depth_recovered(result).items()},
+        "depth_recovered_mean": {k: finite_or_none(v) for k, v in mean_depth_recovered(result).items()},
     }
 
 
 def mean_depth_recovered(result: BenchResult) -> dict[str, float]:
     """Detail region -> mean over the cases that have it of the detailed mesh's depth recovered."""
-    names = sorted({k for c in result.cases for k in c.detailed.depth_recovered}, key=_region_order)
+    names = dict.fromkeys(k for c in result.cases for k in c.detailed.depth_recovered)  # first-seen order
     out = {}
     for name in names:
         values = [c.detailed.depth_recovered.get(name, np.nan) for c in result.cases]
         finite = [v for v in values if np.isfinite(v)]
         out[name] = float(np.mean(finite)) if finite else float("nan")
     return out
-
-
-def _region_order(name: str) -> int:
-    from fastsider.eval.synthetic import REGIONS
-
-    return REGIONS.get(name, len(REGIONS))
 
 
 def depth_rows(result: BenchResult) -> tuple[list[str], list[list[Any]]]:

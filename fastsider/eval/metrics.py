@@ -240,10 +240,12 @@ class ErrorStats:
 
     def to_json_dict(self) -> dict[str, float | int | None]:
         """Plain dict; NaN becomes None (JSON has no NaN)."""
-        out: dict[str, float | int | None] = {}
-        for k, v in self.__dict__.items():
-            out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
-        return out
+        return {k: finite_or_none(v) for k, v in self.__dict__.items()}
+
+
+def finite_or_none(value: float | int) -> float | int | None:
+    """A float NaN / inf as None (JSON has neither); anything else unchanged."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cumulative_curve(errors: np.ndarray, max_value: float, n: int = 101) -> tuple[np.ndarray, np.ndarray]:
