@@ -3,6 +3,8 @@ interpolation, its derivatives, its effect on the SDF, and the smoothness prior.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from fastsider.camera import Camera, project
 from fastsider.config import ConfigError, load_config
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import HeightMap, laplacian_energy, total_variation
+from fastsider.nn.height_map import HeightMap, laplacian_energy, log_sparsity, total_variation
 from fastsider.sdf.shell import Normalization
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 
@@ -73,6 +75,21 @@ def test_total_variation_of_a_ramp_and_of_a_fold_of_any_width():
     for width in (2, 6, 12):
         groove = -0.8 * ((cols - 16.0).abs() <= width).double()
         assert total_variation(groove).item() == pytest.approx(2 * 0.8 / 32, rel=1e-6)
+
+
+def test_log_sparsity_is_the_l1_for_small_heights_and_a_log_for_deep_folds():
+    s = 0.025
+    tiny = torch.full((8, 8), 1e-5, dtype=torch.float64)
+    assert log_sparsity(tiny, s).item() == pytest.approx(1e-5, rel=1e-3)          # the L1 near zero
+    assert log_sparsity(-tiny, s).item() == log_sparsity(tiny, s).item()           # either sign
+    fold = torch.zeros(8, 8, dtype=torch.float64)
+    fold[3] = -0.5                                                                 # one row, 0.5 mm deep
+    assert log_sparsity(fold, s).item() == pytest.approx(s * math.log(21.0) / 8, rel=1e-9)
+    # the same volume spread as a shallow sheet over the map costs 3x the deep fold: the L1 would
+    # price them the same
+    sheet = torch.full((8, 8), -0.5 / 8, dtype=torch.float64)
+    assert log_sparsity(sheet, s).item() > 3.0 * log_sparsity(fold, s).item()
+    assert fold.abs().mean().item() == pytest.approx(sheet.abs().mean().item())
 
 
 def test_laplacian_energy_is_zero_on_planes_and_exact_on_a_parabola():
@@ -150,6 +167,7 @@ def test_fit_with_height_map_end_to_end(tmp_path, example_files):
     assert summary["config"]["model"]["geometry"]["detail"] == "height_map"
     assert summary["stage1"]["iterations"] == 0  # the lattice base is exact: no stage-1 steps
     assert summary["stage2"]["iterations"] == 4 and summary["stage2"]["smoothness"] > 0.0  # h moved off zero
+    assert np.array(summary["light"]["sh_coefficients_rgb"]).shape == (3, 9)
 
 
 def plane_model_with_height(values_mm: torch.Tensor):
@@ -271,7 +289,7 @@ def test_albedo_grid_starts_at_its_colour_and_holds_the_edge_outside():
         grid.values[:, :, :2] = 0.0  # the two left columns (the spline's taps at the edge): albedo exp(0) = 1
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
-    with pytest.raises(ConfigError, match="albedo_sh"):
+    with pytest.raises(ConfigError, match="albedo x light"):
         load_config(None, ["model.rendering.shading=mlp", "model.rendering.albedo_resolution=16"])
 
 
@@ -287,10 +305,9 @@ def test_height_map_stage_recovers_a_known_bump_under_an_albedo_blotch():
     from synthetic_scenes import bump_depth_error_mm, bump_scene
 
     cfg = load_config(None, ["model.geometry.base=coarse_grid", "model.geometry.base_resolution=96",
-                             "model.geometry.detail=height_map", "model.rendering.shading=albedo_sh",
-                             "model.rendering.albedo_resolution=8", "stage2.iterations=300", "stage2.lr=1e-3",
-                             "stage2.rendering_lr_factor=20", "stage2.height_lr=0.02", "stage2.height_smoothness=0.1",
-                             "stage2.sdf_weight=10"])
+                             "model.geometry.detail=height_map", "model.rendering.albedo_resolution=8",
+                             "stage2.iterations=300", "stage2.lr=1e-3", "stage2.rendering_lr_factor=20",
+                             "stage2.height_lr=0.02"])
     sc = bump_scene(size_px=96, bump_mm=1.5, sigma_mm=5.0)
     yy, xx = np.mgrid[0:96, 0:96] / 96.0
     blotch = 1.0 + 0.08 * np.sin(2 * np.pi * (0.7 * xx + 0.4 * yy))  # a ~80 mm wave of brightness

@@ -6,6 +6,7 @@ import json
 
 import igl
 import numpy as np
+import pytest
 import torch
 import trimesh
 
@@ -50,6 +51,7 @@ def test_fit_end_to_end_tiny(tmp_path, example_files):
     summary = json.loads((d / "summary.json").read_text())
     assert summary["stage2"]["iterations"] == 4 and summary["implementation"]["networks"] == "torch"
     assert set(summary["seconds"]) >= {"prepare", "stage1", "stage2", "outputs", "total"}
+    assert np.linalg.norm(summary["light"]["light_direction"]) == pytest.approx(1.0, abs=1e-3)  # the fitted lamp
     mesh = trimesh.load(out, process=False)
     coarse = trimesh.load(d / "coarse.ply", process=False)
     assert len(mesh.faces) > 100 and np.isfinite(mesh.vertices).all()

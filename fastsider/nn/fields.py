@@ -14,6 +14,7 @@ from torch import Tensor
 from fastsider.config import GeometryNetConfig, ModelConfig, RenderingNetConfig
 from fastsider.nn.encoding import FrequencyEncoding
 from fastsider.nn.mlp import make_mlp
+from fastsider.nn.shading import DirectionalShading, SphericalHarmonicsShading
 
 
 class GeometryNet(torch.nn.Module):
@@ -80,32 +81,34 @@ class RenderingNet(torch.nn.Module):
         self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal
         self.use_position, self.use_view = cfg.use_position, cfg.use_view
         self.shading = cfg.shading
-        if self.shading == "albedo_sh" and not cfg.use_normal:
-            raise ValueError("rendering.shading = 'albedo_sh' needs use_normal = true (shading is a function of n)")
+        albedo_times_light = self.shading != "mlp"
+        if albedo_times_light and not cfg.use_normal:
+            raise ValueError(f"rendering.shading = {self.shading!r} needs use_normal = true (shading is a function of n)")
         self.pos_encoding = FrequencyEncoding(3, cfg.encoding)
         self.view_encoding = FrequencyEncoding(3, cfg.view_encoding)
         feature_in = feature_dim if cfg.use_feature else 0
         pos_in = self.pos_encoding.n_output_dims if cfg.use_position else 0
-        if self.shading == "albedo_sh":
+        self.light: torch.nn.Module | None = None
+        if albedo_times_light:  # the MLP is the albedo alone; the light is a shading model's
             n_in = max(pos_in + feature_in, 1)
-            # shading starts as a constant 1 (albedo explains the image); light is learned from there
-            self.sh = torch.nn.Parameter(torch.zeros(3, N_SH).index_fill_(1, torch.tensor([0]), 1.0))
+            self.light = (SphericalHarmonicsShading() if self.shading == "albedo_sh"
+                          else DirectionalShading(cfg.shininess, cfg.specular))
         else:
             n_in = (pos_in + (self.view_encoding.n_output_dims if cfg.use_view else 0)
                     + (3 if cfg.use_normal else 0) + feature_in)
         self.mlp = make_mlp(n_in, 3, cfg.network, backend)
-        self.albedo: torch.nn.Module | None = None  # set_albedo: albedo_sh reads it instead of the MLP
+        self.albedo: torch.nn.Module | None = None  # set_albedo: the shading models read it instead of the MLP
 
     def set_albedo(self, albedo: torch.nn.Module) -> None:
-        """Take albedo_sh's albedo from ``albedo`` (unit-box points [n, 3] -> rgb [n, 3])."""
-        if self.shading != "albedo_sh":
-            raise ValueError("an albedo module needs shading = 'albedo_sh'")
+        """Take the albedo from ``albedo`` (unit-box points [n, 3] -> rgb [n, 3]) instead of the MLP."""
+        if self.light is None:
+            raise ValueError("an albedo module needs an albedo x light shading, not 'mlp'")
         self.albedo = albedo
 
     def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
         """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
-        if self.shading == "albedo_sh":
-            return self._albedo(x, features) * (sh_basis(normals) @ self.sh.T).clamp_min(0.0)
+        if self.light is not None:
+            return self.light(self.albedo_at(x, features), normals, view_dirs)
         parts = [self.pos_encoding(x)] if self.use_position else []
         if self.use_view:
             parts.append(self.view_encoding(view_dirs))
@@ -115,22 +118,14 @@ class RenderingNet(torch.nn.Module):
             parts.append(features)
         return self.mlp(torch.cat(parts, dim=-1))
 
-    def _albedo(self, x: Tensor, features: Tensor) -> Tensor:
+    def albedo_at(self, x: Tensor, features: Tensor) -> Tensor:
+        """The albedo [n, 3] of an albedo x light shading at x [n, 3]: the albedo module's, else the MLP's."""
         if self.albedo is not None:
             return self.albedo(x)
         parts = [self.pos_encoding(x)] if self.use_position else []
         if self.use_feature:
             parts.append(features)
         return self.mlp(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
-
-
-N_SH = 9  # real spherical harmonics up to order 2
-
-
-def sh_basis(n: Tensor) -> Tensor:
-    """Unnormalized real SH basis up to order 2 of unit normals [n_pts, 3] -> [n_pts, 9]."""
-    x, y, z = n.unbind(-1)
-    return torch.stack([torch.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3.0 * z * z - 1.0], dim=-1)
 
 
 class SdfSample(NamedTuple):

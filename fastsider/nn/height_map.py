@@ -159,6 +159,14 @@ def total_variation(values: Tensor) -> Tensor:
     return (values[1:, :] - values[:-1, :]).abs().mean() + (values[:, 1:] - values[:, :-1]).abs().mean()
 
 
+def log_sparsity(values: Tensor, scale: float) -> Tensor:
+    """Mean of scale * log(1 + |h| / scale) over a [R, R] map (its units): the anchor to the coarse
+    surface. Below ``scale`` it is the L1 (the paper's SDF term on a height map), above it grows as
+    the log: a wrinkle is sparse, and a deep fold costs little more than a shallow one, while the
+    wide shallow sheets by which h would copy albedo it cannot tell from shading cost their area."""
+    return (scale * torch.log1p(values.abs() / scale)).mean()
+
+
 def laplacian_energy(values: Tensor) -> Tensor:
     """mean squared 5-point Laplacian of a [R, R] map (its units squared): the smoothness prior."""
     lap = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1] - 4.0 * values[1:-1, 1:-1])

@@ -20,7 +20,8 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy, total_variation
+from fastsider.nn.shading import DirectionalShading
+from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy, log_sparsity, total_variation
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
@@ -57,14 +58,14 @@ def attach_height_map(model: SiderModel, camera: Camera, norm: Normalization, re
 
 def attach_albedo_grid(model: SiderModel, camera: Camera, norm: Normalization, resolution: int,
                        colors: torch.Tensor) -> None:
-    """Give albedo_sh a coarse image-space albedo grid starting at the face's mean colour [n, 3]."""
+    """Give the albedo x light shading a coarse image-space albedo grid starting at the face's mean colour [n, 3]."""
     model.rendering.set_albedo(AlbedoGrid(camera, norm, resolution, colors.mean(0).cpu()).to(colors.device))
 
 
 def combine_terms(model: SiderModel, rgb: torch.Tensor, target: torch.Tensor, pts_sdf: torch.Tensor,
                   pts_target: torch.Tensor, pts_gradient: torch.Tensor, cfg: DetailStageConfig,
                   unit_mm: float) -> dict[str, torch.Tensor]:
-    """The three SIDER terms (+ the height map's smoothness) and their weighted sum ('loss')."""
+    """The three SIDER terms (+ the height map's priors) and their weighted sum ('loss')."""
     zero = torch.zeros((), device=target.device)
     color = losses.color_l1(rgb, target) if target.numel() else zero
     sdf = losses.sdf_l1(pts_sdf, pts_target, unit_mm)
@@ -75,7 +76,9 @@ def combine_terms(model: SiderModel, rgb: torch.Tensor, target: torch.Tensor, pt
         height_mm = model.geometry.height.height_mm()
         out["smoothness"] = laplacian_energy(height_mm)
         out["total_variation"] = total_variation(height_mm)
-        total = total + cfg.height_smoothness * out["smoothness"] + cfg.height_tv * out["total_variation"]
+        out["sparsity"] = log_sparsity(height_mm, cfg.height_sparsity_mm)
+        total = (total + cfg.height_smoothness * out["smoothness"] + cfg.height_tv * out["total_variation"]
+                 + cfg.height_sparsity * out["sparsity"])
     out["loss"] = total
     out["psnr"] = torch.tensor(losses.psnr(rgb, target)) if target.numel() else zero
     return out
@@ -163,6 +166,14 @@ def height_map_losses(model: SiderModel, s: FrozenSurface, pool: PointPool, poin
     return out
 
 
+def warm_up_light(model: SiderModel, s: FrozenSurface, steps: int) -> float:
+    """Fit the directional light to the frozen surface's pixels (h = 0, one albedo), before stage 2."""
+    with torch.no_grad():
+        mean_albedo = model.rendering.albedo_at(s.points, s.feature).mean(0)
+    normals = torch.nn.functional.normalize(s.gradient, dim=-1)
+    return model.rendering.light.warm_up(normals, s.rays.dirs, s.rays.colors, mean_albedo, steps)
+
+
 def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: DetailStageConfig, trace: TraceConfig,
                 unit_mm: float, generator: torch.Generator, on_step: StepCallback | None = None,
                 on_snapshot: Callable[[int], None] | None = None, run: RunConfig = RunConfig(),
@@ -180,6 +191,8 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
 
     height = model.geometry.height
     frozen = freeze_surface(model, rays, pool, trace) if height is not None else None
+    if frozen is not None and isinstance(model.rendering.light, DirectionalShading) and cfg.light_warmup_steps > 0:
+        warm_up_light(model, frozen, cfg.light_warmup_steps)
 
     def loss_fn() -> dict[str, torch.Tensor]:
         if frozen is not None:

@@ -280,6 +280,7 @@ def make_summary(cfg: FitConfig, st: FitState, s1: dict, s2: dict, seconds: dict
         "seconds": seconds,
         "stage1": s1,
         "stage2": s2,
+        "light": st.model.rendering.light.summary() if st.model.rendering.light is not None else None,
         "outputs": outputs,
         "peak_memory_mb": peak_memory_mb(st.device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
