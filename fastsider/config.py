@@ -214,14 +214,14 @@ class DetailStageConfig:
                                        # (one albedo for the face, h = 0) first. Started together, a fine
                                        # albedo takes the large-scale shading before the light has moved
     height_smoothness: float = 0.1     # weight of the height map's mean squared Laplacian (mm^2)
-    height_tv: float = 0.1             # weight of its total variation (mean |neighbour difference|, mm):
-                                       # on synthetic case 0 it halves what h adds outside the wrinkles
-                                       # (0.007 -> 0.003 mm) for a little of their depth (README)
-    height_sparsity: float = 0.1       # weight of the height map's log prior, mean of s log(1 + |h| / s) (mm):
+    height_tv: float = 0.03            # weight of its total variation (mean |neighbour difference|, mm): less
+                                       # noise for a little of the wrinkles' depth; with the log prior below
+                                       # holding the noise, 0.03 keeps more depth than 0.1 (README)
+    height_sparsity: float = 0.4       # weight of the height map's log prior, mean of s log(1 + |h| / s) (mm):
                                        # the L1 below s, a log above it. Wrinkles are sparse: a deep fold costs
                                        # little more than a shallow one, a wide sheet of noise its area. On
                                        # synthetic case 0 it beats the L1 at every weight (README)
-    height_sparsity_mm: float = 0.025  # s, where the prior turns from L1 to log
+    height_sparsity_mm: float = 0.01   # s, where the prior turns from L1 to log
 
     def __post_init__(self) -> None:
         if self.height_sparsity_mm <= 0.0:
