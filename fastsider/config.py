@@ -222,12 +222,12 @@ class DetailStageConfig:
                                        # little more than a shallow one, a wide sheet of noise its area. On
                                        # synthetic case 0 it beats the L1 at every weight (README)
     height_sparsity_mm: float = 0.01   # s, where the prior turns from L1 to log
+    skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
+                                       # their colour is albedo a shading model would carve into the surface
 
     def __post_init__(self) -> None:
         if self.height_sparsity_mm <= 0.0:
             raise ConfigError(f"stage2.height_sparsity_mm must be > 0, got {self.height_sparsity_mm}")
-    skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
-                                       # their colour is albedo a shading model would carve into the surface
 
 
 @dataclass(frozen=True)

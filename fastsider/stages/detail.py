@@ -20,8 +20,8 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.shading import DirectionalShading
 from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy, log_sparsity, total_variation
+from fastsider.nn.shading import DirectionalShading
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
 from fastsider.sdf.shell import Normalization
@@ -191,7 +191,9 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
 
     height = model.geometry.height
     frozen = freeze_surface(model, rays, pool, trace) if height is not None else None
-    if frozen is not None and isinstance(model.rendering.light, DirectionalShading) and cfg.light_warmup_steps > 0:
+    # a resumed run restores the light it had; warming it up first would be overwritten
+    if (frozen is not None and resume is None and isinstance(model.rendering.light, DirectionalShading)
+            and cfg.light_warmup_steps > 0):
         warm_up_light(model, frozen, cfg.light_warmup_steps)
 
     def loss_fn() -> dict[str, torch.Tensor]:
