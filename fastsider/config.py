@@ -222,12 +222,21 @@ class DetailStageConfig:
                                        # little more than a shallow one, a wide sheet of noise its area. On
                                        # synthetic case 0 it beats the L1 at every weight (README)
     height_sparsity_mm: float = 0.01   # s, where the prior turns from L1 to log
+    debias_steps: int = 200            # height map: the last this many steps lift the sparsity and TV priors
+                                       # on the details found (|h| > debias_threshold_mm, grown by
+                                       # debias_grow_cells): they give back the depth the priors shrank.
+                                       # 0 or >= iterations: off. Counted from `iterations`: a max_seconds
+                                       # stop before then skips it
+    debias_threshold_mm: float = 0.12  # 0.08 let 13% more noise through at the same depth (tuning seeds 10-13)
+    debias_grow_cells: int = 2
     skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
                                        # their colour is albedo a shading model would carve into the surface
 
     def __post_init__(self) -> None:
         if self.height_sparsity_mm <= 0.0:
             raise ConfigError(f"stage2.height_sparsity_mm must be > 0, got {self.height_sparsity_mm}")
+        if self.debias_steps < 0 or self.debias_threshold_mm <= 0.0 or self.debias_grow_cells < 0:
+            raise ConfigError("stage2.debias_steps and debias_grow_cells must be >= 0, debias_threshold_mm > 0")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ from scipy.ndimage import binary_erosion
 from fastsider.camera import Camera, pixel_rays
 from fastsider.config import DetailStageConfig, RunConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import AlbedoGrid, HeightMap, laplacian_energy, log_sparsity, total_variation
+from fastsider.nn.height_map import (
+    AlbedoGrid, HeightMap, debias_weight, laplacian_energy, log_sparsity, total_variation,
+)
 from fastsider.nn.shading import DirectionalShading
 from fastsider.sdf import losses
 from fastsider.sdf.grid import OccupancyGrid
@@ -73,10 +75,11 @@ def combine_terms(model: SiderModel, rgb: torch.Tensor, target: torch.Tensor, pt
     total = cfg.color_weight * color + cfg.sdf_weight * sdf + cfg.eikonal_weight * eik
     out = {"color": color, "sdf": sdf, "eikonal": eik}
     if model.geometry.height is not None:
-        height_mm = model.geometry.height.height_mm()
+        height = model.geometry.height
+        height_mm = height.height_mm()
         out["smoothness"] = laplacian_energy(height_mm)
-        out["total_variation"] = total_variation(height_mm)
-        out["sparsity"] = log_sparsity(height_mm, cfg.height_sparsity_mm)
+        out["total_variation"] = total_variation(height_mm, height.prior_weight)
+        out["sparsity"] = log_sparsity(height_mm, cfg.height_sparsity_mm, height.prior_weight)
         total = (total + cfg.height_smoothness * out["smoothness"] + cfg.height_tv * out["total_variation"]
                  + cfg.height_sparsity * out["sparsity"])
     out["loss"] = total
@@ -211,13 +214,24 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     encoding = model.geometry.encoding
     start = anneal_from if anneal_from > 0 else encoding.n_frequencies
 
-    def anneal(step: int) -> None:  # coarse-to-fine: fade in the frequencies stage 1 left out
+    debias_at = (cfg.iterations - cfg.debias_steps
+                 if height is not None and 0 < cfg.debias_steps < cfg.iterations else None)
+    debiased = False
+
+    def before_step(step: int) -> None:
+        nonlocal debiased
+        # coarse-to-fine: fade in the frequencies stage 1 left out
         frac = min(1.0, (step + 1) / cfg.anneal_iterations) if cfg.anneal_iterations > 0 else 1.0
         encoding.set_active(start + frac * (encoding.n_frequencies - start))
+        if debias_at is not None and step >= debias_at and not debiased:  # (a resumed run: once more, same h)
+            with torch.no_grad():
+                height.prior_weight.copy_(debias_weight(height.height_mm(), cfg.debias_threshold_mm,
+                                                        cfg.debias_grow_cells))
+            debiased = True
 
     geometry = ({"params": [height.values], "lr_factor": cfg.height_lr / cfg.lr} if height is not None
                 else {"params": model.geometry.mlp_parameters()})  # a height map: the MLP stays stage 1's
     groups = [geometry, {"params": list(model.rendering.parameters()), "lr_factor": cfg.rendering_lr_factor}]
     return optimize(model, groups, loss_fn, schedule, run, generator, resume=resume,
                     checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
-                    snapshot_every=cfg.snapshot_every, before_step=anneal)
+                    snapshot_every=cfg.snapshot_every, before_step=before_step)
