@@ -216,18 +216,17 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
 
     debias_at = (cfg.iterations - cfg.debias_steps
                  if height is not None and 0 < cfg.debias_steps < cfg.iterations else None)
-    debiased = False
 
     def before_step(step: int) -> None:
-        nonlocal debiased
         # coarse-to-fine: fade in the frequencies stage 1 left out
         frac = min(1.0, (step + 1) / cfg.anneal_iterations) if cfg.anneal_iterations > 0 else 1.0
         encoding.set_active(start + frac * (encoding.n_frequencies - start))
-        if debias_at is not None and step >= debias_at and not debiased:  # (a resumed run: once more, same h)
+        # the weights are a buffer of the model state: a resume past this step restores them, and a
+        # rollback to before it restores the ones, so this step computes them again
+        if step == debias_at:
             with torch.no_grad():
                 height.prior_weight.copy_(debias_weight(height.height_mm(), cfg.debias_threshold_mm,
                                                         cfg.debias_grow_cells))
-            debiased = True
 
     geometry = ({"params": [height.values], "lr_factor": cfg.height_lr / cfg.lr} if height is not None
                 else {"params": model.geometry.mlp_parameters()})  # a height map: the MLP stays stage 1's
