@@ -18,7 +18,7 @@ import trimesh
 from fastsider.cli import main
 from fastsider.config import RunConfig
 from fastsider.stages.fit import PARTIAL_DIR, checkpoint_file
-from fastsider.stages.loop import DivergenceError, Schedule, optimize
+from fastsider.stages.loop import DivergenceError, Schedule, deterministic_algorithms, optimize
 from fit_helpers import fit_argv
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +125,24 @@ def test_same_seed_gives_identical_outputs(tmp_path, example_files, reference_ru
     assert np.array_equal(_mesh(ref / "mesh.ply"), _mesh(tmp_path / "mesh.ply"))
     assert np.array_equal(np.load(ref / "depth.npy"), np.load(tmp_path / "depth.npy"))
     assert not (tmp_path / PARTIAL_DIR).exists()  # a finished run leaves no checkpoint behind
+
+
+@pytest.mark.parametrize("before", [(False, False), (True, False), (False, True)])
+def test_cpu_fits_run_deterministic_kernels_and_restore_the_mode(before):
+    """A gather's backward adds with atomics across threads on CPU unless deterministic mode is on:
+    a loaded machine then gave the same seed different meshes. The mode must not leak out."""
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with deterministic_algorithms(torch.device("cpu")):
+                assert torch.are_deterministic_algorithms_enabled()
+                raise RuntimeError("inside")
+        assert (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) == before
+        with deterministic_algorithms(torch.device("meta")):  # not CPU: left as it was
+            assert torch.are_deterministic_algorithms_enabled() == before[0]
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_killed_run_resumes_to_the_same_mesh(tmp_path, example_files, reference_run):

@@ -30,7 +30,8 @@ from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_ta
 from fastsider.stages.detail import attach_albedo_grid, attach_height_map, face_rays, fit_details
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
-from fastsider.stages.loop import DivergenceError, graceful_interrupts, raise_if_interrupted
+from fastsider.stages.loop import (DivergenceError, deterministic_algorithms, graceful_interrupts,
+                                   raise_if_interrupted)
 from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
     if resume and not has_checkpoint:
         log.info("no checkpoint in %s: starting from the beginning", out_dir)
     resume = resume and has_checkpoint
-    with graceful_interrupts(), OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
+    with graceful_interrupts(), deterministic_algorithms(device), \
+            OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
         prep = prepare(image, cfg, inputs)  # first: it gives bad inputs their one-line errors
         store = CheckpointStore(out.private_dir(CHECKPOINT_DIR), config_hash(cfg, device.type),
                                 inputs_hash(fit_input_files(image, inputs)))

@@ -108,6 +108,27 @@ def graceful_interrupts() -> Iterator[None]:
         _Interrupt.requested = False
 
 
+@contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """On CPU, PyTorch's deterministic kernels for the scope, the previous mode restored after.
+
+    The backward of a gather with index tensors (the albedo and height grids' cells) accumulates
+    with parallel atomic adds on CPU: their order, so the last bits of a gradient, follows thread
+    timing, and a busy machine gave the same seed a mesh 1e-4 mm apart. The deterministic kernel
+    adds serially (a few ms a run). On CUDA this is left alone: its indexed adds are sorted already,
+    and tcnn/nerfacc kernels have no deterministic mode to ask for.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 # --------------------------------------------------------------------------------------------
 # the loop
 
