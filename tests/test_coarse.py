@@ -169,6 +169,33 @@ def test_meshing_a_solid_in_a_band_keeps_no_walls_at_the_band_edge():
     np.testing.assert_allclose(verts[:, 2], 600.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("slab_points", [7 * 33 * 33, 1 << 20])  # several x-planes a slab, and all
+def test_band_sampling_slab_by_slab_matches_the_sdf_at_every_lattice_point(monkeypatch, slab_points):
+    """The volume is filled slab by slab along x (memory); every band sample must hold the SDF of
+    its own lattice point, x index first, and everything outside the band the OUTSIDE fill."""
+    import torch
+
+    from fastsider.sdf import mesh
+    from fastsider.sdf.grid import OccupancyGrid
+
+    monkeypatch.setattr(mesh, "SLAB_POINTS", slab_points)
+    r = 33  # 33 x-planes: the last slab is a partial one
+
+    def sdf(x):  # no symmetry between the axes, so a transposed lattice would show
+        return x[:, 0] + 10.0 * x[:, 1] + 100.0 * x[:, 2]
+    c = torch.arange(8)
+    band = OccupancyGrid(((c[:, None, None] + 2 * c[None, :, None] + c[None, None, :]) % 3) == 0)
+    values, evaluated = mesh.sample_sdf_volume(sdf, r, band, torch.device("cpu"), chunk=100)
+    axis = np.linspace(-1.0, 1.0, r)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    lattice = torch.tensor(np.stack([x, y, z], -1).reshape(-1, 3), dtype=torch.float32)
+    expected_in = band.contains(lattice).numpy().reshape(r, r, r)
+    assert 0.1 < expected_in.mean() < 0.9
+    np.testing.assert_array_equal(evaluated, expected_in)
+    np.testing.assert_allclose(values[evaluated], (x + 10.0 * y + 100.0 * z)[evaluated], atol=1e-4)
+    assert (values[~evaluated] == mesh.OUTSIDE).all()
+
+
 def test_signed_target_is_the_signed_distance_to_a_camera_facing_plane():
     """target='signed': zero on the mesh, positive towards the camera, |.| the exact distance."""
     from fastsider.sdf.shell import Normalization, ShellSDF

@@ -16,21 +16,36 @@ from fastsider.sdf.trace import SdfFn
 OUTSIDE = 1.0  # SDF value given to samples outside the occupied band (unit-box units)
 
 
+SLAB_POINTS = 1 << 20  # lattice points a slab holds (its x-planes at once): a few MB of coordinates
+
+
 @torch.no_grad()
 def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None, device: torch.device,
                       chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """SDF on a resolution^3 lattice over [-1, 1]^3 (index order x, y, z), evaluated in the band
-    only, OUTSIDE elsewhere; and which samples were evaluated ([R, R, R] bool)."""
+    only, OUTSIDE elsewhere; and which samples were evaluated ([R, R, R] bool).
+
+    Slab by slab along x: the whole lattice's coordinates and the band lookup's integer cell
+    indices would take R^3 x 36 bytes at once (3.6 GB at R = 448); a slab takes a few MB.
+    """
     axis = torch.linspace(-1.0, 1.0, resolution, device=device)
-    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    values = torch.full((pts.shape[0],), OUTSIDE, device=device)
-    keep = torch.ones(pts.shape[0], dtype=torch.bool, device=device) if grid is None else grid.contains(pts)
-    idx = keep.nonzero().squeeze(1)
-    for i in range(0, idx.numel(), chunk):
-        sel = idx[i : i + chunk]
-        values[sel] = sdf_fn(pts[sel]).float()
-    shape = (resolution,) * 3
-    return values.reshape(shape).cpu().numpy(), keep.reshape(shape).cpu().numpy()
+    plane = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)  # (y, z) of one x
+    values = np.full((resolution,) * 3, OUTSIDE, dtype=np.float32)
+    evaluated = np.zeros((resolution,) * 3, dtype=bool)
+    step = max(1, SLAB_POINTS // plane.shape[0])
+    for x0 in range(0, resolution, step):
+        xs = axis[x0 : x0 + step]
+        pts = torch.cat([xs.repeat_interleave(plane.shape[0])[:, None], plane.repeat(len(xs), 1)], dim=1)
+        keep = torch.ones(pts.shape[0], dtype=torch.bool, device=device) if grid is None else grid.contains(pts)
+        slab = torch.full((pts.shape[0],), OUTSIDE, device=device)
+        idx = keep.nonzero().squeeze(1)
+        for i in range(0, idx.numel(), chunk):
+            sel = idx[i : i + chunk]
+            slab[sel] = sdf_fn(pts[sel]).float()
+        shape = (len(xs), resolution, resolution)
+        values[x0 : x0 + len(xs)] = slab.reshape(shape).cpu().numpy()
+        evaluated[x0 : x0 + len(xs)] = keep.reshape(shape).cpu().numpy()
+    return values, evaluated
 
 
 def cubes_inside(evaluated: np.ndarray) -> np.ndarray:
