@@ -317,7 +317,7 @@ def test_cubic_bspline_reproduces_linear_grids_and_has_a_continuous_slope():
 
 
 def test_albedo_grid_reads_its_tabulated_spline_within_a_small_error():
-    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, bilinear, cubic_bspline
+    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, bilinear_border, cubic_bspline
 
     grid = AlbedoGrid(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
     with torch.no_grad():  # a smooth log-albedo: 5% waves over the grid
@@ -325,8 +325,42 @@ def test_albedo_grid_reads_its_tabulated_spline_within_a_small_error():
         grid.values += 0.05 * torch.sin(0.9 * cols + 0.4 * rows).double()
     g = 7.0 * torch.rand(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     exact = cubic_bspline(grid.values, g)
-    table = bilinear(grid.spline_table(), g * SPLINE_TABLE_STEPS, border=True)
+    table = bilinear_border(grid.spline_table(), g * SPLINE_TABLE_STEPS)
     assert (table - exact).abs().max() < 1e-3
+
+
+def test_border_read_is_bilinear_inside_and_the_nearest_edge_value_outside():
+    from fastsider.nn.height_map import bilinear, bilinear_border
+
+    gen = torch.Generator().manual_seed(4)
+    values = torch.rand(2, 5, 7, dtype=torch.float64, generator=gen)[:, :, :5].contiguous()  # [C, R, R]
+    inside = 4.0 * torch.rand(200, 2, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(bilinear_border(values, inside), bilinear(values, inside), atol=1e-12, rtol=0)
+    outside = torch.tensor([[-3.0, 2.0], [9.0, 2.0], [2.0, -0.5], [2.5, 40.0], [-1.0, -1.0]], dtype=torch.float64)
+    clamped = bilinear(values, outside.clamp(0.0, 4.0))
+    torch.testing.assert_close(bilinear_border(values, outside), clamped, atol=1e-12, rtol=0)
+    torch.testing.assert_close(clamped[0], values[:, 2, 0])  # (col -3, row 2): the left edge's value
+
+
+def test_separable_spline_table_is_the_spline_at_its_lattice_with_the_same_gradient():
+    """M V M^T must equal the 16-tap spline read at every table sample, clamped edges included
+    (the lattice's 0 and R-1 rows use them), and give the control values the same gradient."""
+    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, cubic_bspline
+
+    r, k = 6, SPLINE_TABLE_STEPS
+    grid = AlbedoGrid(CAMERA, NORM, r, torch.tensor([0.6, 0.4, 0.3])).double()
+    with torch.no_grad():  # no symmetry between rows and columns, so a transposed table would show
+        grid.values.copy_(torch.rand(3, r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    at = torch.arange(k * (r - 1) + 1, dtype=torch.float64) / k
+    rows, cols = torch.meshgrid(at, at, indexing="ij")
+    exact = cubic_bspline(grid.values, torch.stack([cols.reshape(-1), rows.reshape(-1)], -1))  # [n, C]
+    table = grid.spline_table()
+    assert table.shape == (3, len(at), len(at))
+    torch.testing.assert_close(table.reshape(3, -1).T, exact, atol=1e-12, rtol=0)
+    probe = torch.rand(table.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    g_table, = torch.autograd.grad((table * probe).sum(), grid.values)
+    g_exact, = torch.autograd.grad((exact.T.reshape(table.shape) * probe).sum(), grid.values)
+    torch.testing.assert_close(g_table, g_exact, atol=1e-12, rtol=0)
 
 
 def test_albedo_grid_starts_at_its_colour_and_holds_the_edge_outside():

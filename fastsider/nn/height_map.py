@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastsider.camera import Camera
 from fastsider.sdf.shell import Normalization
 
 
-def bilinear(values: Tensor, g: Tensor, border: bool = False) -> Tensor:
-    """[C, R, R] grid read at (col, row) coordinates g [n, 2] -> [n, C]; differentiable in both.
-
-    Outside the grid: zero (``border`` False) or the nearest edge value (``border`` True).
-    """
+def bilinear(values: Tensor, g: Tensor) -> Tensor:
+    """[C, R, R] grid read at (col, row) coordinates g [n, 2] -> [n, C], zero outside; differentiable
+    in both, twice in g (the height map's normals are differentiated again)."""
     r = values.shape[-1]
-    if border:
-        g = g.clamp(0.0, r - 1.0)
     i0 = g.detach().floor()
     w = g - i0                                              # [n, 2], carries d/dg
     i0 = i0.long()
@@ -46,6 +43,20 @@ def bilinear(values: Tensor, g: Tensor, border: bool = False) -> Tensor:
         wr = w[:, 1] if dr else 1.0 - w[:, 1]
         out = out + (wc * wr)[:, None] * v
     return out
+
+
+def bilinear_border(values: Tensor, g: Tensor) -> Tensor:
+    """[C, R, R] grid read bilinearly at (col, row) coordinates g [n, 2] -> [n, C], the nearest edge
+    value outside; differentiable in the values only. One fused ``grid_sample`` (4x faster on CPU
+    than 4 gathers, whose backward adds with atomics) where no second derivative in g is needed."""
+    xy = (g / (values.shape[-1] - 1) * 2.0 - 1.0).to(values.dtype)
+    out = F.grid_sample(values[None], xy[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0, :, 0].T
+
+
+def _bspline_weights(u: Tensor) -> tuple[Tensor, ...]:
+    """The uniform cubic B-spline's 4 tap weights at fractions u (taps at -1, 0, +1, +2 cells)."""
+    return ((1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6, (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6)
 
 
 def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
@@ -61,11 +72,7 @@ def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
     i0 = g.detach().floor()
     t = g - i0
     i0 = i0.long()
-
-    def weights(u: Tensor) -> tuple[Tensor, ...]:
-        return ((1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6, (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6)
-
-    w_col, w_row = weights(t[:, 0]), weights(t[:, 1])
+    w_col, w_row = _bspline_weights(t[:, 0]), _bspline_weights(t[:, 1])
     out = torch.zeros(g.shape[0], values.shape[0], dtype=values.dtype, device=g.device)
     for a in range(4):
         col = (i0[:, 0] + a - 1).clamp(0, r - 1)
@@ -73,6 +80,21 @@ def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
             row = (i0[:, 1] + b - 1).clamp(0, r - 1)
             out = out + (w_col[a] * w_row[b])[:, None] * values[:, row, col].T
     return out
+
+
+def bspline_matrix(coords: Tensor, r: int) -> Tensor:
+    """[m, R]: row i holds the weights the uniform cubic B-spline over R control values (the edge
+    value repeated outside) gives each of them at coordinate coords[i]. On a regular lattice the 2-D
+    spline is separable, M V M^T: matrix products instead of 16 gathers a sample, whose backward
+    adds with atomics on CPU."""
+    c = coords.clamp(0.0, r - 1.0)
+    i0 = c.floor()
+    taps = _bspline_weights(c - i0)
+    m = torch.zeros(c.shape[0], r, dtype=coords.dtype, device=coords.device)
+    for a, w in enumerate(taps):
+        m.index_put_((torch.arange(c.shape[0], device=c.device), (i0.long() + a - 1).clamp(0, r - 1)), w,
+                     accumulate=True)
+    return m
 
 
 class CropGrid(torch.nn.Module):
@@ -144,17 +166,16 @@ class AlbedoGrid(CropGrid):
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> albedo [n, 3] (no derivative w.r.t. x is needed: it is not geometry)."""
-        return torch.exp(bilinear(self.spline_table(), self.grid_coordinates(x.detach()) * SPLINE_TABLE_STEPS,
-                                  border=True)).to(x.dtype)
+        g = self.grid_coordinates(x.detach()) * SPLINE_TABLE_STEPS
+        return torch.exp(bilinear_border(self.spline_table(), g)).to(x.dtype)
 
     def spline_table(self) -> Tensor:
         """The spline tabulated SPLINE_TABLE_STEPS samples per cell, [C, F, F]: read bilinearly, it
         costs a ray 4 gathers instead of 16 and differs from the spline by O(cell / steps)^2."""
         r, k = self.resolution, SPLINE_TABLE_STEPS
         at = torch.arange(k * (r - 1) + 1, dtype=self.values.dtype, device=self.values.device) / k
-        rows, cols = torch.meshgrid(at, at, indexing="ij")
-        table = cubic_bspline(self.values, torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1))
-        return table.T.reshape(-1, len(at), len(at))
+        m = bspline_matrix(at, r)  # rows and columns sample alike
+        return m @ self.values @ m.T
 
 
 def total_variation(values: Tensor, weight: Tensor | None = None) -> Tensor:
