@@ -196,6 +196,18 @@ def test_band_sampling_slab_by_slab_matches_the_sdf_at_every_lattice_point(monke
     assert (values[~evaluated] == mesh.OUTSIDE).all()
 
 
+def test_marching_cubes_runs_on_the_band_bounding_box():
+    from fastsider.sdf.mesh import evaluated_bounds
+
+    ev = np.zeros((10, 12, 14), dtype=bool)
+    assert evaluated_bounds(ev) == (slice(0, 10), slice(0, 12), slice(0, 14))  # nothing: all of it
+    ev[2, 5, 13] = ev[6, 3, 7] = True
+    assert evaluated_bounds(ev) == (slice(2, 7), slice(3, 6), slice(7, 14))
+    ev[:] = False
+    ev[9, 0, 4] = True  # one sample at the far edge: still a cube's width
+    assert evaluated_bounds(ev) == (slice(8, 10), slice(0, 2), slice(4, 6))
+
+
 def test_signed_target_is_the_signed_distance_to_a_camera_facing_plane():
     """target='signed': zero on the mesh, positive towards the camera, |.| the exact distance."""
     from fastsider.sdf.shell import Normalization, ShellSDF

@@ -48,6 +48,19 @@ def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None
     return values, evaluated
 
 
+def evaluated_bounds(evaluated: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box of lattice indices holding every evaluated sample (at least 2 per axis; the
+    whole lattice when none is)."""
+    if not evaluated.any():
+        return tuple(slice(0, n) for n in evaluated.shape)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(evaluated.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo = min(hit[0], evaluated.shape[axis] - 2)
+        box.append(slice(lo, max(hit[-1] + 1, lo + 2)))
+    return tuple(box)
+
+
 def cubes_inside(evaluated: np.ndarray) -> np.ndarray:
     """[R-1]^3 bool: marching-cubes cells whose 8 corners were all evaluated. A zero crossing
     against the OUTSIDE fill is the band's edge, not a surface: behind the face the SDF is still
@@ -78,6 +91,8 @@ def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | 
                       camera: Camera, face_mask: np.ndarray, device: torch.device, chunk: int):
     """Detailed face surface in mm, camera frame: (vertices [n_verts, 3], faces [n_faces, 3])."""
     vol, evaluated = sample_sdf_volume(sdf_fn, resolution, grid, device, chunk)
+    box = evaluated_bounds(evaluated)  # only it holds kept cubes: for a face, a fifth of the lattice
+    vol, evaluated = vol[box], evaluated[box]
     if not (vol.min() < 0.0 < vol.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     spacing = 2.0 / (resolution - 1)
@@ -85,8 +100,9 @@ def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | 
     # normals; 'ascent' would wind them inward and front_sheet would keep the back of the shell
     verts, faces, _, _ = marching_cubes(vol, level=0.0, spacing=(spacing,) * 3, gradient_direction="descent")
     # each triangle lies in one cell: the one holding its centroid (lattice index units)
-    cell = np.clip(np.floor(verts[faces].mean(axis=1) / spacing).astype(int), 0, resolution - 2)
+    cell = np.clip(np.floor(verts[faces].mean(axis=1) / spacing).astype(int), 0, np.array(vol.shape) - 2)
     faces = faces[cubes_inside(evaluated)[cell[:, 0], cell[:, 1], cell[:, 2]]]
+    verts = verts + spacing * np.array([b.start for b in box])
     verts_mm = norm.to_mm(verts - 1.0)
     faces = front_sheet(verts_mm, faces, camera, face_mask)
     mesh = trimesh.Trimesh(verts_mm, faces, process=False)
