@@ -243,6 +243,13 @@ class DetailStageConfig:
 class MeshConfig:
     resolution: int = 320              # marching-cubes samples along the longest box side
     chunk_points: int = 131072
+    detail_band_mm: float = 5.0        # with a coarse SDF lattice (geometry.base): the full SDF is evaluated
+                                       # only within this of the lattice's surface, the lattice's sign stands
+                                       # further out (details are ~1 mm); 0: everywhere in the band
+
+    def __post_init__(self) -> None:
+        if self.detail_band_mm < 0.0:
+            raise ConfigError(f"mesh.detail_band_mm must be >= 0, got {self.detail_band_mm}")
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,38 @@ def test_band_sampling_slab_by_slab_matches_the_sdf_at_every_lattice_point(monke
     assert (values[~evaluated] == mesh.OUTSIDE).all()
 
 
+def test_a_coarse_sdf_spares_the_full_one_away_from_the_surface_and_the_mesh_is_unchanged():
+    """Full SDF: a sphere with a 1 mm dimple; coarse: the plain sphere, margin 3 mm. Within the margin
+    the full SDF is evaluated, beyond it the coarse sign stands: the same mesh, far fewer calls."""
+    import torch
+
+    from fastsider.sdf.mesh import Coarse, extract_face_mesh
+    from fastsider.sdf.shell import Normalization
+
+    cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
+    norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
+
+    def sphere(x):  # radius 24 mm
+        return x.norm(dim=-1) - 0.6
+
+    calls = {"points": 0}
+
+    def dimpled(x):  # 1 mm deep towards the camera's side of the sphere
+        calls["points"] += len(x)
+        return sphere(x) + 0.025 * torch.exp(-((x[:, 0] ** 2 + x[:, 1] ** 2) / 0.02)) * (x[:, 2] < 0)
+
+    full = extract_face_mesh(dimpled, norm, None, 64, cam, np.ones((64, 64), bool), torch.device("cpu"), 1 << 16)
+    n_full, calls["points"] = calls["points"], 0
+    spared = extract_face_mesh(dimpled, norm, None, 64, cam, np.ones((64, 64), bool), torch.device("cpu"),
+                               1 << 16, Coarse(sphere, 3.0 / norm.half_size))
+    assert len(full[1]) > 500
+    np.testing.assert_array_equal(spared[1], full[1])
+    np.testing.assert_allclose(spared[0], full[0], atol=1e-9)
+    assert calls["points"] < 0.2 * n_full
+    z_min = full[0][:, 2].min()  # the dimple is there: the front pole is 1 mm behind the sphere's
+    assert 600.0 - 24.0 + 0.8 < z_min < 600.0 - 24.0 + 1.2
+
+
 def test_marching_cubes_runs_on_the_band_bounding_box():
     from fastsider.sdf.mesh import evaluated_bounds
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import trimesh
@@ -16,15 +18,24 @@ from fastsider.sdf.trace import SdfFn
 OUTSIDE = 1.0  # SDF value given to samples outside the occupied band (unit-box units)
 
 
+class Coarse(NamedTuple):
+    """A cheap SDF that agrees in sign with the full one wherever |sdf| > margin (unit-box units)."""
+
+    sdf: SdfFn
+    margin: float
+
+
 SLAB_POINTS = 1 << 20  # lattice points a slab holds (its x-planes at once): a few MB of coordinates
 
 
 @torch.no_grad()
 def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None, device: torch.device,
-                      chunk: int) -> tuple[np.ndarray, np.ndarray]:
+                      chunk: int, coarse: Coarse | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SDF on a resolution^3 lattice over [-1, 1]^3 (index order x, y, z), evaluated in the band
     only, OUTSIDE elsewhere; and which samples were evaluated ([R, R, R] bool).
 
+    ``coarse`` (a cheap SDF, margin): band samples where |coarse| > margin take the coarse value,
+    only the others the full ``sdf_fn``: the sign is all marching cubes needs away from the surface.
     Slab by slab along x: the whole lattice's coordinates and the band lookup's integer cell
     indices would take R^3 x 36 bytes at once (3.6 GB at R = 448); a slab takes a few MB.
     """
@@ -39,6 +50,11 @@ def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None
         keep = torch.ones(pts.shape[0], dtype=torch.bool, device=device) if grid is None else grid.contains(pts)
         slab = torch.full((pts.shape[0],), OUTSIDE, device=device)
         idx = keep.nonzero().squeeze(1)
+        if coarse is not None:
+            near_values = coarse.sdf(pts[idx])
+            far = near_values.abs() > coarse.margin
+            slab[idx[far]] = near_values[far].float()
+            idx = idx[~far]
         for i in range(0, idx.numel(), chunk):
             sel = idx[i : i + chunk]
             slab[sel] = sdf_fn(pts[sel]).float()
@@ -88,9 +104,11 @@ def front_sheet(vertices_mm: np.ndarray, faces: np.ndarray, camera: Camera, face
 
 
 def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | None, resolution: int,
-                      camera: Camera, face_mask: np.ndarray, device: torch.device, chunk: int):
-    """Detailed face surface in mm, camera frame: (vertices [n_verts, 3], faces [n_faces, 3])."""
-    vol, evaluated = sample_sdf_volume(sdf_fn, resolution, grid, device, chunk)
+                      camera: Camera, face_mask: np.ndarray, device: torch.device, chunk: int,
+                      coarse: Coarse | None = None):
+    """Detailed face surface in mm, camera frame: (vertices [n_verts, 3], faces [n_faces, 3]).
+    ``coarse``: see :func:`sample_sdf_volume`."""
+    vol, evaluated = sample_sdf_volume(sdf_fn, resolution, grid, device, chunk, coarse)
     box = evaluated_bounds(evaluated)  # only it holds kept cubes: for a face, a fifth of the lattice
     vol, evaluated = vol[box], evaluated[box]
     if not (vol.min() < 0.0 < vol.max()):

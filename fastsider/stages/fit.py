@@ -23,7 +23,7 @@ from fastsider.nn.fields import SiderModel
 from fastsider.nn.mlp import resolve_backend
 from fastsider.render import depth_picture, normal_map, overlay, raycast_mesh
 from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
-from fastsider.sdf.mesh import extract_face_mesh
+from fastsider.sdf.mesh import Coarse, extract_face_mesh
 from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
 from fastsider.sdf.views import RayBundle, render_views
 from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
@@ -235,8 +235,10 @@ def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -
 def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:
     prep = st.prep
     write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
+    base, band = st.model.geometry.base, cfg.mesh.detail_band_mm / st.norm.half_size
+    coarse = Coarse(base, band) if base is not None and band > 0 else None
     verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.mesh_band, cfg.mesh.resolution, prep.coarse.camera,
-                                     st.face_mask, st.device, cfg.mesh.chunk_points)
+                                     st.face_mask, st.device, cfg.mesh.chunk_points, coarse)
     if len(faces) == 0:
         raise FastsiderError("the detailed surface came out empty (no zero level set in the face region)")
     if not np.all(np.isfinite(verts)):
