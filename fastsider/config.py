@@ -245,7 +245,7 @@ class MeshConfig:
                                        # face's 175 mm box. 320 (0.55 mm) left 5.5% more face-wide normal
                                        # error (tuning seeds 10-13) for 10 s less a fit
     chunk_points: int = 131072
-    detail_band_mm: float = 5.0        # with a coarse SDF lattice (geometry.base): the full SDF is evaluated
+    detail_band_mm: float = 5.0        # lattice base + height map: the full SDF is evaluated
                                        # only within this of the lattice's surface, the lattice's sign stands
                                        # further out (details are ~1 mm); 0: everywhere in the band
 

@@ -145,6 +145,23 @@ def test_cpu_fits_run_deterministic_kernels_and_restore_the_mode(before):
         torch.use_deterministic_algorithms(False)
 
 
+def test_a_cpu_fit_optimizes_in_deterministic_mode_and_leaves_it_as_it_was(tmp_path, example_files, monkeypatch):
+    import fastsider.stages.fit as fit_module
+
+    seen = []
+    real = fit_module.fit_details
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fit_module, "fit_details", spy)
+    photo, lmk = example_files
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert main(fit_argv(photo, lmk, tmp_path, "device=cpu")) == 0
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_killed_run_resumes_to_the_same_mesh(tmp_path, example_files, reference_run):
     photo, lmk = example_files
     argv = fit_argv(photo, lmk, tmp_path, *RESUMABLE)

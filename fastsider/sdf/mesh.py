@@ -50,14 +50,15 @@ def sample_sdf_volume(sdf_fn: SdfFn, resolution: int, grid: OccupancyGrid | None
         keep = torch.ones(pts.shape[0], dtype=torch.bool, device=device) if grid is None else grid.contains(pts)
         slab = torch.full((pts.shape[0],), OUTSIDE, device=device)
         idx = keep.nonzero().squeeze(1)
-        if coarse is not None:
-            near_values = coarse.sdf(pts[idx])
-            far = near_values.abs() > coarse.margin
-            slab[idx[far]] = near_values[far].float()
-            idx = idx[~far]
         for i in range(0, idx.numel(), chunk):
             sel = idx[i : i + chunk]
-            slab[sel] = sdf_fn(pts[sel]).float()
+            if coarse is not None:
+                coarse_values = coarse.sdf(pts[sel])
+                far = coarse_values.abs() > coarse.margin
+                slab[sel[far]] = coarse_values[far].float()
+                sel = sel[~far]
+            if sel.numel():
+                slab[sel] = sdf_fn(pts[sel]).float()
         shape = (len(xs), resolution, resolution)
         values[x0 : x0 + len(xs)] = slab.reshape(shape).cpu().numpy()
         evaluated[x0 : x0 + len(xs)] = keep.reshape(shape).cpu().numpy()

@@ -235,8 +235,10 @@ def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -
 def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:
     prep = st.prep
     write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
+    # only a height map bounds the detail: a residual MLP trained in stage 2 may cross zero anywhere
     base, band = st.model.geometry.base, cfg.mesh.detail_band_mm / st.norm.half_size
-    coarse = Coarse(base, band) if base is not None and band > 0 else None
+    bounded = base is not None and cfg.model.geometry.detail == "height_map" and band > 0
+    coarse = Coarse(base, band) if bounded else None
     verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.mesh_band, cfg.mesh.resolution, prep.coarse.camera,
                                      st.face_mask, st.device, cfg.mesh.chunk_points, coarse)
     if len(faces) == 0:

@@ -115,8 +115,8 @@ def deterministic_algorithms(device: torch.device) -> Iterator[None]:
     The backward of a gather with index tensors (the albedo and height grids' cells) accumulates
     with parallel atomic adds on CPU: their order, so the last bits of a gradient, follows thread
     timing, and a busy machine gave the same seed a mesh 1e-4 mm apart. The deterministic kernel
-    adds serially (a few ms a run). On CUDA this is left alone: its indexed adds are sorted already,
-    and tcnn/nerfacc kernels have no deterministic mode to ask for.
+    adds serially (a few ms a run). On CUDA this is left alone: grid_sample's backward, tcnn and
+    nerfacc add with atomics there and have no deterministic kernels to ask for.
     """
     if device.type != "cpu":
         yield
