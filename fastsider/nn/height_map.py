@@ -65,7 +65,8 @@ def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
 
     A smoothing spline, not an interpolating one: it reproduces constant and linear grids exactly
     and is C2 everywhere, so unlike bilinear cells it leaves no kinks along the cell lines for a
-    photometric fit to explain with something else.
+    photometric fit to explain with something else. The albedo grid reads it through its table
+    (:func:`bspline_matrix`); this direct read at any point is the definition the table is tested against.
     """
     r = values.shape[-1]
     g = g.clamp(0.0, r - 1.0)
@@ -170,8 +171,8 @@ class AlbedoGrid(CropGrid):
         return torch.exp(bilinear_border(self.spline_table(), g)).to(x.dtype)
 
     def spline_table(self) -> Tensor:
-        """The spline tabulated SPLINE_TABLE_STEPS samples per cell, [C, F, F]: read bilinearly, it
-        costs a ray 4 gathers instead of 16 and differs from the spline by O(cell / steps)^2."""
+        """The spline tabulated SPLINE_TABLE_STEPS samples per cell, [C, F, F]: read bilinearly (one
+        grid_sample a ray instead of 16 gathers), it differs from the spline by O(cell / steps)^2."""
         r, k = self.resolution, SPLINE_TABLE_STEPS
         at = torch.arange(k * (r - 1) + 1, dtype=self.values.dtype, device=self.values.device) / k
         m = bspline_matrix(at, r)  # rows and columns sample alike

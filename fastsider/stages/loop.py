@@ -112,11 +112,11 @@ def graceful_interrupts() -> Iterator[None]:
 def deterministic_algorithms(device: torch.device) -> Iterator[None]:
     """On CPU, PyTorch's deterministic kernels for the scope, the previous mode restored after.
 
-    The backward of a gather with index tensors (the albedo and height grids' cells) accumulates
-    with parallel atomic adds on CPU: their order, so the last bits of a gradient, follows thread
-    timing, and a busy machine gave the same seed a mesh 1e-4 mm apart. The deterministic kernel
-    adds serially (a few ms a run). On CUDA this is left alone: grid_sample's backward, tcnn and
-    nerfacc add with atomics there and have no deterministic kernels to ask for.
+    The backward of a gather with index tensors (the height map's cells) accumulates with parallel
+    atomic adds on CPU: their order, so the last bits of a gradient, follows thread timing, and a
+    busy machine gave the same seed a mesh 1e-4 mm apart. The deterministic kernel adds serially.
+    On CUDA this is left alone: grid_sample's backward, tcnn and nerfacc add with atomics there and
+    have no deterministic kernels to ask for.
     """
     if device.type != "cpu":
         yield
