@@ -232,6 +232,14 @@ class DetailStageConfig:
                                        # stop before then skips it
     debias_threshold_mm: float = 0.12  # 0.08 let 13% more noise through at the same depth (tuning seeds 10-13)
     debias_grow_cells: int = 2
+    lr_decay: float = 1.0              # the lr falls exponentially to lr * lr_decay at the last step ...
+    lr_decay_steps: int = 0            # ... over the last this many steps (0: all of them). Tuning seeds 10-13,
+                                       # 0.1 over the last 200: less Adam jitter in h (face scan-to-mesh 1.2 and
+                                       # normals 1.9 points lower) for less depth (wrinkles 1.8 points higher)
+    skip_pigment: bool = True          # no photometric rays on pigment spots (freckles, moles), found by their
+                                       # colour (face/pigment.py): shading cannot make them, h would carve them
+    pigment_threshold: float = 3.0     # a spot: melanin-like colour shift above this many robust std. Tuning
+                                       # seeds 10-13, wrinkle scan-to-mesh: -35.1% at 4, -36.2% at 3, -35.5% at 2.5
     skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
                                        # their colour is albedo a shading model would carve into the surface
 

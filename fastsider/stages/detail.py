@@ -210,7 +210,7 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         terms["sdf_mm"] = terms.pop("sdf") * losses.MM_PER_M
         return terms
 
-    schedule = Schedule("stage 2", cfg.iterations, cfg.lr, max_seconds=cfg.max_seconds)
+    schedule = Schedule("stage 2", cfg.iterations, cfg.lr, cfg.lr_decay, cfg.max_seconds, cfg.lr_decay_steps)
     encoding = model.geometry.encoding
     start = anneal_from if anneal_from > 0 else encoding.n_frequencies
 

@@ -14,9 +14,11 @@ import torch
 import trimesh
 
 from fastsider import __version__
+from fastsider.camera import world_to_camera_points
 from fastsider.config import FitConfig, to_dict
 from fastsider.errors import FastsiderError, InputError
 from fastsider.face.landmarks import detect_landmarks
+from fastsider.face.pigment import pigment_mask
 from fastsider.face.regions import feature_mask
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
 from fastsider.nn.fields import SiderModel
@@ -86,6 +88,11 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
         colors = torch.tensor(prep.image[face_mask], dtype=torch.float32, device=device)
         attach_albedo_grid(model, c.camera, norm, cfg.model.rendering.albedo_resolution, colors)
     ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
+    if cfg.stage2.skip_pigment:
+        mm_per_px = float(np.median(world_to_camera_points(c.camera, c.vertices)[:, 2])) / c.camera.fx
+        spots = pigment_mask(prep.image, ray_mask, mm_per_px, cfg.stage2.pigment_threshold)
+        log.info("stage 2: %d pigment-spot pixels of %d left out of the photometric loss", spots.sum(), ray_mask.sum())
+        ray_mask = ray_mask & ~spots
     return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, device)
 
 

@@ -49,16 +49,23 @@ class DivergenceError(FastsiderError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """lr(step) = lr * lr_scale * lr_decay ** (step / iterations); stops early after max_seconds (> 0)."""
+    """lr(step) = lr * lr_scale * lr_decay ** progress; stops early after max_seconds (> 0).
+
+    progress runs from 0 to 1 over all the steps, or with ``decay_steps`` > 0 over the last that
+    many (constant lr before them).
+    """
 
     name: str
     iterations: int
     lr: float
     lr_decay: float = 1.0
     max_seconds: float = 0.0
+    decay_steps: int = 0
 
     def lr_at(self, step: int, lr_scale: float) -> float:
-        return self.lr * lr_scale * self.lr_decay ** (step / max(self.iterations, 1))
+        span = self.decay_steps if 0 < self.decay_steps < self.iterations else self.iterations
+        progress = max(step - (self.iterations - span), 0) / max(span, 1)
+        return self.lr * lr_scale * self.lr_decay ** progress
 
 
 @dataclass
