@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.stats import median_abs_deviation
 
 # chromaticity shift of a melanin spot, unit length (zero sum: no grey part): blue falls, red rises
 MELANIN_CHROMA = np.array([1.0, 0.0, -1.0]) / np.sqrt(2.0)
 SPOT_MM = 0.5         # smoothing of the chromaticity: the scale of a freckle's radius
 BACKGROUND_MM = 3.0   # what is subtracted: the skin's own tone and its blotches
-MAD_TO_STD = 1.4826   # median absolute deviation of a Gaussian -> its standard deviation
 
 
 def masked_blur(values: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def pigment_score(image: np.ndarray, mask: np.ndarray, mm_per_px: float) -> np.n
     inside = shift[mask]
     if inside.size == 0:
         return np.zeros(mask.shape)
-    spread = MAD_TO_STD * np.median(np.abs(inside - np.median(inside)))
+    spread = median_abs_deviation(inside, scale="normal")  # the standard deviation, were it Gaussian
     return np.where(mask, (shift - np.median(inside)) / max(spread, 1e-9), 0.0)
 
 
