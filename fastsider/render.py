@@ -1,7 +1,12 @@
-"""Pictures of meshes and surfaces: ray-cast depth/normals (trimesh + Embree), shading, overlays.
+"""What the camera sees of a SIDER model along rays: hits, detailed normals, colours.
 
-Normal maps use the usual picture convention (OpenGL axes: x right, y up, z towards the viewer,
-``rgb = (n + 1) / 2``), converted from the OpenCV camera frame, so a face looks lilac-blue.
+Two ways, one per detail carrier:
+- traced (``render_rays``): sphere-trace the SDF, reattach the hits to the parameters (IDR's implicit
+  differentiation), colour them. The "mlp" detail, and every picture and mesh view.
+- linearized (``render_height_map``): f = F - h(project(x)) with F, stage 1's SDF, frozen. Along a
+  pixel's ray h is one number, so the hit follows from F(x0 + t d) = h: one Newton step from the
+  traced hit x0 with F's value and gradient there cached (``freeze_surface``) -- the same implicit
+  differentiation, exact to first order in h (sub-mm), at no network cost.
 """
 
 from __future__ import annotations
@@ -9,59 +14,145 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import trimesh
+import torch
+from scipy.ndimage import binary_erosion
+from torch import Tensor
 
-from fastsider.camera import Camera, pixel_grid
-
-OVERLAY_ALPHA = 0.6                      # share of the rendered mesh in overlay.png
-AMBIENT = 0.25                           # ambient share of the grey shading
-LIGHT_DIR_CAM = np.array([-0.3, -0.4, -1.0]) / np.linalg.norm([-0.3, -0.4, -1.0])  # towards the light, from above-left of the camera
-
-
-class SurfaceImage(NamedTuple):
-    depth: np.ndarray    # [H, W] z-depth in mm, 0 where no surface
-    normals: np.ndarray  # [H, W, 3] unit normals, camera frame, 0 where no surface
-    mask: np.ndarray     # [H, W] bool
+from fastsider.camera import Camera, Normalization, pixel_rays
+from fastsider.config import TraceConfig
+from fastsider.nn.fields import SiderModel
+from fastsider.nn.maps import HeightMap
+from fastsider.sdf.occupancy import OccupancyGrid
+from fastsider.sdf.trace import ray_aabb_intersect, reattach_hits, sphere_trace
 
 
-def raycast_mesh(vertices: np.ndarray, faces: np.ndarray, cam: Camera) -> SurfaceImage:
-    """First hit of every pixel's ray with a camera-frame mesh ([n_verts, 3], [n_faces, 3])."""
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    pix = pixel_grid(cam)
-    dirs = np.stack([(pix[:, 0] - cam.cx) / cam.fx, (pix[:, 1] - cam.cy) / cam.fy, np.ones(len(pix))], 1)
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
-    depth = np.zeros(cam.height * cam.width)
-    normals = np.zeros((cam.height * cam.width, 3))
-    depth[ray_idx] = locs[:, 2]
-    normals[ray_idx] = mesh.face_normals[tri_idx]
-    h, w = cam.height, cam.width
-    return SurfaceImage(depth.reshape(h, w), normals.reshape(h, w, 3), (depth > 0).reshape(h, w))
+class RayBundle(NamedTuple):
+    """Rays in the unit box, with where to search along them and what colour they should see."""
+
+    pixels: Tensor   # [n_rays, 2] (u, v) in the working crop
+    origins: Tensor  # [n_rays, 3] unit box
+    dirs: Tensor     # [n_rays, 3] unit length
+    t_start: Tensor  # [n_rays]
+    t_end: Tensor    # [n_rays]
+    colors: Tensor   # [n_rays, 3] target rgb in [0, 1]
+
+    def subset(self, idx: Tensor) -> "RayBundle":
+        return RayBundle(*(x[idx] for x in self))
 
 
-def normal_map(normals: np.ndarray, mask: np.ndarray, background: float = 1.0) -> np.ndarray:
-    """Camera-frame normals [H, W, 3] -> RGB picture [H, W, 3] in [0, 1] (OpenGL colour convention)."""
-    gl = normals * np.array([1.0, -1.0, -1.0])
-    rgb = (gl + 1.0) / 2.0
-    return np.where(mask[..., None], rgb, background)
+class RenderedRays(NamedTuple):
+    hit: Tensor      # [n_rays] bool
+    points: Tensor   # [n_hit, 3] unit box, differentiable w.r.t. the geometry net (reattached)
+    normals: Tensor  # [n_hit, 3] unit normals at the hits
+    rgb: Tensor      # [n_hit, 3]
 
 
-def shade(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Grey Lambertian shading [H, W] in [0, 1] with a light near the camera."""
-    lambert = np.clip(normals @ LIGHT_DIR_CAM, 0.0, 1.0)
-    return np.where(mask, AMBIENT + (1.0 - AMBIENT) * lambert, 0.0)
+MASK_EROSION_PX = 2  # keep rays off the silhouette of the coarse face (grazing, unreliable colour)
 
 
-def depth_picture(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Depth [H, W] mm -> grey picture, near = bright, min-max over the surface."""
-    if not mask.any():
-        return np.zeros(depth.shape)
-    lo, hi = depth[mask].min(), depth[mask].max()
-    return np.where(mask, 1.0 - (depth - lo) / max(hi - lo, 1e-6) * 0.8, 0.0)
+def face_rays(camera: Camera, norm: Normalization, face_mask: np.ndarray, image: np.ndarray,
+              grid: OccupancyGrid | None, device: torch.device, erode: int = MASK_EROSION_PX) -> RayBundle:
+    """One ray per face pixel of the working crop, in the unit box, with its search segment."""
+    mask = binary_erosion(face_mask, iterations=erode) if erode > 0 else face_mask
+    v, u = np.nonzero(mask)
+    pixels = torch.tensor(np.stack([u, v], 1), dtype=torch.float32, device=device)
+    origins_mm, dirs = pixel_rays(camera, pixels)
+    origins = norm.rays_to_unit(origins_mm, dirs)
+    box = ray_aabb_intersect(origins, dirs, -1.0, 1.0)
+    t_start, t_end = box.t_near, box.t_far
+    if grid is not None:
+        seg = grid.ray_segments(origins, dirs, box.t_near, box.t_far)
+        t_start, t_end = seg.t_start, seg.t_end
+    colors = torch.tensor(image[v, u], dtype=torch.float32, device=device)
+    return RayBundle(pixels, origins, dirs, t_start, t_end, colors)
 
 
-def overlay(photo: np.ndarray, surface: SurfaceImage, tint: tuple[float, float, float] = (0.55, 0.8, 1.0)) -> np.ndarray:
-    """Shaded surface blended over a photo (float [H, W, 3] in [0, 1])."""
-    grey = shade(surface.normals, surface.mask)[..., None] * np.array(tint)
-    a = OVERLAY_ALPHA * surface.mask[..., None]
-    return photo * (1.0 - a) + grey * a
+def trace_model(model: SiderModel, rays: RayBundle, cfg: TraceConfig):
+    """Sphere-trace the geometry net along the rays (no graph)."""
+    return sphere_trace(model.sdf, rays.origins, rays.dirs, rays.t_start, rays.t_end,
+                        max_steps=cfg.max_steps, hit_eps=cfg.hit_eps, secant_steps=cfg.secant_steps)
+
+
+def render_rays(model: SiderModel, rays: RayBundle, cfg: TraceConfig, create_graph: bool = True) -> RenderedRays:
+    """Trace, reattach the hits to theta (IDR), and colour them with the rendering net.
+
+    Differentiable w.r.t.: both networks' parameters (when create_graph).
+    """
+    traced = trace_model(model, rays, cfg)
+    hit = traced.hit
+    x0, dirs = traced.points[hit], rays.dirs[hit]
+    n0 = model.sdf_with_gradient(x0, create_graph=False).gradient.detach()
+    x = reattach_hits(model.sdf(x0), n0, dirs, x0)
+    sample = model.sdf_with_gradient(x, create_graph=create_graph)
+    normals = torch.nn.functional.normalize(sample.gradient, dim=-1)
+    rgb = model.appearance(x, normals, dirs, sample.feature)
+    return RenderedRays(hit, x, normals, rgb)
+
+
+def render_views(model: SiderModel, rays: RayBundle, cfg: TraceConfig, chunk: int = 16384) -> RenderedRays:
+    """``render_rays`` over many rays in chunks, detached (for pictures and meshes)."""
+    parts = []
+    for i in range(0, rays.origins.shape[0], chunk):
+        r = render_rays(model, rays.subset(slice(i, i + chunk)), cfg, create_graph=False)
+        parts.append(RenderedRays(*(x.detach() for x in r)))
+    return RenderedRays(*(torch.cat(xs) for xs in zip(*parts)))
+
+
+class FrozenSurface(NamedTuple):
+    """Stage 1's SDF F (the geometry net without its height map) cached where stage 2 reads it."""
+
+    rays: RayBundle         # the face rays that hit, [n]
+    points: torch.Tensor    # [n, 3] traced hits x0
+    sdf: torch.Tensor       # [n] F(x0)
+    gradient: torch.Tensor  # [n, 3] grad F(x0)
+    feature: torch.Tensor   # [n, F]
+    pool_sdf: torch.Tensor       # [m] F at the SDF pool's points
+    pool_gradient: torch.Tensor  # [m, 3]
+    hit_fraction: float
+
+
+def height_with_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True):
+    """h(project(x)) [n] and its gradient in x [n, 3] (unit-box units) from one read of the map;
+    both differentiable w.r.t. the map when ``create_graph``, detached otherwise."""
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        h = height(xr)
+        (g,) = torch.autograd.grad(h.sum(), xr, create_graph=create_graph)
+    return (h, g) if create_graph else (h.detach(), g)
+
+
+def frozen_sdf(model: SiderModel, x: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, ...]:
+    """F, grad F and the feature at x [n, 3], where F = f + h: the net without its height map."""
+    height = model.geometry.height
+    parts = []
+    for i in range(0, x.shape[0], chunk):
+        xi = x[i:i + chunk]
+        s = model.sdf_with_gradient(xi, create_graph=False)
+        h, h_grad = height_with_gradient(height, xi, create_graph=False)
+        parts.append((s.sdf.detach() + h, s.gradient.detach() + h_grad, s.feature.detach()))
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+@torch.no_grad()
+def freeze_surface(model: SiderModel, rays: RayBundle, pool_points: torch.Tensor, trace: TraceConfig) -> FrozenSurface:
+    """Trace every face ray once and cache F at the hits and at the SDF pool's points [m, 3]."""
+    traced = trace_model(model, rays, trace)
+    hit_rays = rays.subset(traced.hit)
+    x0 = traced.points[traced.hit]
+    sdf, grad, feature = frozen_sdf(model, x0)
+    pool_sdf, pool_grad, _ = frozen_sdf(model, pool_points)
+    return FrozenSurface(hit_rays, x0, sdf, grad, feature, pool_sdf, pool_grad, float(traced.hit.float().mean()))
+
+
+def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = True):
+    """Hits, unit normals and colours [n, 3] of f = F - h for the frozen surface's rays.
+
+    Differentiable w.r.t.: the height map and the rendering net.
+    """
+    height = model.geometry.height
+    d = s.rays.dirs
+    h, h_grad = height_with_gradient(height, s.points, create_graph)
+    t = (h - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
+    x = s.points + t[:, None] * d
+    normals = torch.nn.functional.normalize(s.gradient - h_grad, dim=-1)
+    return x, normals, model.appearance(x, normals, d, s.feature)

@@ -10,8 +10,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fastsider.eval.metrics import cumulative_curve
-
 
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -39,18 +37,17 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     Console(stderr=True).print(table)
 
 
-def plot_cumulative(curves: dict[str, np.ndarray], path: Path, max_value: float, xlabel: str,
+def plot_cumulative(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, max_value: float, xlabel: str,
                     title: str) -> None:
-    """Cumulative error curves (fraction of points with error below x), one line per label."""
+    """Cumulative error curves, one line per label: (thresholds [n], fraction of points below each [n])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label, errors in curves.items():
-        x, frac = cumulative_curve(np.asarray(errors), max_value, 201)
-        ax.plot(x, 100.0 * frac, label=f"{label} (median {np.median(errors):.3f})")
+    for label, (x, frac) in curves.items():
+        ax.plot(x, 100.0 * frac, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("points below error [%]")
     ax.set_xlim(0, max_value)

@@ -8,7 +8,7 @@ import numpy as np
 import trimesh
 
 from fastsider.camera import Camera
-from fastsider.render import raycast_mesh
+from fastsider.pictures import raycast_mesh
 
 LIGHT = np.array([0.6, -0.5, -0.62]) / np.linalg.norm([0.6, -0.5, -0.62])  # towards the light, camera frame
 ALBEDO = 0.75
@@ -58,7 +58,7 @@ def bump_scene(size_px: int = 64, bump_mm: float = 4.0, sigma_mm: float = 12.0, 
 
 def bump_depth_error_mm(model, rays, norm, trace, scene: BumpScene) -> float:
     """Mean |traced depth - true depth| (mm) over the scene's bump region, through the sphere tracer."""
-    from fastsider.sdf.views import render_views
+    from fastsider.render import render_views
 
     r = render_views(model, rays, trace)
     pix = rays.pixels[r.hit].long().numpy()

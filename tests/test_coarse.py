@@ -48,10 +48,47 @@ def test_camera_json_round_trip_and_crop():
 
 
 def test_config_presets_and_overrides(tmp_path):
-    assert load_config("fast") == FitConfig()  # configs/fast.toml spells out the defaults
+    assert load_config("fast") == FitConfig()  # the defaults are the fast preset
     ref = load_config("reference", ["stage2.iterations=7", "model.backend=torch"])
-    assert ref.model.geometry.network.n_neurons == 512 and ref.model.geometry.network.skip_layers == (4,)
+    assert ref.model.geometry_mlp.network.n_neurons == 512 and ref.model.geometry_mlp.network.skip_layers == (4,)
     assert ref.stage2.iterations == 7 and ref.trace.use_occupancy_grid is False
+
+
+@pytest.mark.parametrize("preset", ["fast", "reference"])
+def test_every_preset_key_differs_from_the_default_and_does_something(preset):
+    import tomllib
+
+    from fastsider.config import PRESET_DIR, inert_keys, to_dict
+    from fastsider.config.loading import _leaf_keys
+
+    data = tomllib.loads((PRESET_DIR / f"{preset}.toml").read_text())
+    cfg, defaults = load_config(preset), to_dict(FitConfig())
+    inert = inert_keys(cfg)
+    for key in _leaf_keys(data):
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        value = data
+        for part in key.split("."):
+            value = value[part]
+        assert value != default, f"{preset}: {key} restates the default"
+        assert not any(key == p or key.startswith(p + ".") for p in inert), f"{preset}: {key} does nothing"
+
+
+def test_a_key_that_does_nothing_is_refused_in_a_preset_and_warned_about_in_an_override(tmp_path, caplog):
+    from fastsider.config import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[stage2.mlp]\nrays_per_batch = 512\n')  # the default carries the detail in a height map
+    with pytest.raises(ConfigError, match="stage2.mlp.rays_per_batch does nothing in this preset"):
+        load_config(bad)
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[model]\ndetail = "mlp"\n[stage2]\nsdf_weight = 100.0\n[stage2.mlp]\nrays_per_batch = 512\n')
+    assert load_config(ok).stage2.mlp.rays_per_batch == 512
+    with caplog.at_level("WARNING", logger="fastsider.config"):
+        cfg = load_config(None, ["model.height_map.resolution=64", "stage1.iterations=5"])
+    assert cfg.stage1.iterations == 5 and "stage1.iterations does nothing here" in caplog.text
+    assert "height_map.resolution" not in caplog.text  # it does something in the default path
 
 
 def test_face_mesh_triangulation_is_a_clean_disk():
@@ -123,7 +160,8 @@ def test_meshing_keeps_the_front_sheet_of_a_shell_and_the_mid_surface_is_the_pla
     import torch
 
     from fastsider.sdf.mesh import extract_face_mesh
-    from fastsider.sdf.shell import Normalization, to_mid_surface
+    from fastsider.camera import Normalization
+    from fastsider.sdf.shell import to_mid_surface
 
     cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
     norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
@@ -149,9 +187,9 @@ def test_meshing_a_solid_in_a_band_keeps_no_walls_at_the_band_edge():
     vertex must be on the plane."""
     import torch
 
-    from fastsider.sdf.grid import OccupancyGrid
+    from fastsider.sdf.occupancy import OccupancyGrid
     from fastsider.sdf.mesh import extract_face_mesh
-    from fastsider.sdf.shell import Normalization
+    from fastsider.camera import Normalization
 
     cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
     norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
@@ -176,7 +214,7 @@ def test_band_sampling_slab_by_slab_matches_the_sdf_at_every_lattice_point(monke
     import torch
 
     from fastsider.sdf import mesh
-    from fastsider.sdf.grid import OccupancyGrid
+    from fastsider.sdf.occupancy import OccupancyGrid
 
     monkeypatch.setattr(mesh, "SLAB_POINTS", slab_points)
     r = 33  # 33 x-planes: the last slab is a partial one
@@ -201,9 +239,9 @@ def test_a_coarse_sdf_spares_the_full_one_away_from_the_surface_and_the_mesh_is_
     the full SDF is evaluated, beyond it the coarse sign stands: the same mesh, far fewer calls."""
     import torch
 
-    from fastsider.sdf.grid import OccupancyGrid
+    from fastsider.sdf.occupancy import OccupancyGrid
     from fastsider.sdf.mesh import Coarse, extract_face_mesh
-    from fastsider.sdf.shell import Normalization
+    from fastsider.camera import Normalization
 
     cam = Camera(64, 64, fx=320.0, fy=320.0, cx=31.5, cy=31.5)
     norm = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=40.0)
@@ -247,7 +285,8 @@ def test_marching_cubes_runs_on_the_band_bounding_box():
 
 def test_signed_target_is_the_signed_distance_to_a_camera_facing_plane():
     """target='signed': zero on the mesh, positive towards the camera, |.| the exact distance."""
-    from fastsider.sdf.shell import Normalization, ShellSDF
+    from fastsider.camera import Normalization
+    from fastsider.sdf.shell import ShellSDF
     from synthetic_scenes import height_field_mesh
 
     mesh = height_field_mesh(100.0, 600.0, 21, bump_mm=0.0, sigma_mm=10.0)  # faces towards the camera (-z)

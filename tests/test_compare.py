@@ -16,10 +16,9 @@ import trimesh
 
 from fastsider.camera import Camera
 from fastsider.config import load_config
-from fastsider.eval.compare import (
-    FAST, REFERENCE, TIME_BUDGET_ITERATIONS, CompareRequest, mesh_distance, parse_progress, preset_overrides,
-    preset_speed, quality, speed_rows, speedups,
-)
+from fastsider.eval.compare import TIME_BUDGET_ITERATIONS, CompareRequest, parse_progress, preset_overrides
+from fastsider.eval.compare_metrics import FAST, REFERENCE, mesh_distance, preset_speed, quality, speedups
+from fastsider.eval.compare_report import speed_rows
 from fit_helpers import TINY_FIT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +83,7 @@ def summary(s1: tuple[float, int], s2: tuple[float, int], total: float, rays: in
     return {"seconds": {"stage1": s1[0], "stage2": s2[0], "total": total},
             "stage1": {"seconds": s1[0], "iterations": s1[1]},
             "stage2": {"seconds": s2[0], "iterations": s2[1], "psnr": 25.0},
-            "config": {"stage2": {"rays_per_batch": rays}}, "face_rays": face_rays,
+            "config": {"model": {"detail": "mlp"}, "stage2": {"mlp": {"rays_per_batch": rays}}}, "face_rays": face_rays,
             "peak_memory_mb": {"rss": rss}, "device": "cpu",
             "implementation": {"networks": "torch", "normals": "autograd", "occupancy_grid": "torch"}}
 
@@ -180,8 +179,8 @@ def run_tool(*argv: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
-SMOKE = (*TINY_FIT, "stage1.batch_points=1024", "model.geometry.network.n_neurons=64",
-         "model.rendering.network.n_neurons=64", "trace.max_steps=32")
+SMOKE = (*TINY_FIT, "stage1.batch_points=1024", "model.geometry_mlp.network.n_neurons=64",
+         "model.rendering_mlp.network.n_neurons=64", "trace.max_steps=32")
 
 
 @pytest.fixture(scope="module")
@@ -221,12 +220,13 @@ def test_tool_end_to_end(smoke_report):
 
 
 def test_failing_fit_is_named_in_one_line(smoke_report, tmp_path):
-    """A fit that fails (an explicit tcnn backend on a CPU) stops the tool with the preset and the reason."""
+    """A fit that fails (an explicit tcnn backend on a CPU: the reference's MLPs; the fast preset has
+    none and only warns) stops the tool with the preset and the reason."""
     out, _ = smoke_report
     proc = run_tool("--example", "--coarse", str(out / "coarse" / "coarse.ply"), "--camera",
                     str(out / "coarse" / "camera.json"), "--out", str(tmp_path / "r"), "--set", "model.backend=tcnn",
                     "--device", "cpu",
                     "--stage1-iterations", "1", "--stage2-iterations", "1")
     assert proc.returncode == 2
-    one_error_line(proc.stderr, "fast failed: fastsider: error: backend 'tcnn'")
+    one_error_line(proc.stderr, "reference failed: fastsider: error: backend 'tcnn'")
     assert not (tmp_path / "r" / "report.json").exists()

@@ -21,10 +21,8 @@ from scipy.spatial.transform import Rotation
 
 from fastsider.camera import Camera, project
 from fastsider.config import FlameFitConfig
-from fastsider.face.flame import (
-    FLAME_TO_CAMERA, FlameError, LandmarkEmbedding, axis_angle_to_matrix, embed_points, flame_tensors,
-    flame_vertices, load_flame, load_landmark_embedding,
-)
+from fastsider.face.flame import FLAME_TO_CAMERA, FlameError, LandmarkEmbedding, load_flame, load_landmark_embedding
+from fastsider.face.flame_forward import axis_angle_to_matrix, embed_points, flame_tensors, flame_vertices
 from fastsider.face.flame_fit import derive_landmark_embedding, fit_flame
 
 NX, NY = 20, 24              # grid of the synthetic face, 480 vertices

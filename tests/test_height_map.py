@@ -1,4 +1,4 @@
-"""The image-space height map of the detail stage (model.geometry.detail = "height_map"): projection,
+"""The image-space height map of the detail stage (model.detail = "height_map"): projection,
 interpolation, its derivatives, its effect on the SDF, and the smoothness prior."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import torch
 
 from fastsider.camera import Camera, project
 from fastsider.config import ConfigError, load_config
-from fastsider.nn.fields import SiderModel
-from fastsider.nn.height_map import HeightMap, debias_weight, laplacian_energy, log_sparsity, total_variation
-from fastsider.sdf.shell import Normalization
+from fastsider.nn.fields import Appearance, Geometry, SiderModel
+from fastsider.nn.maps import HeightMap
+from fastsider.nn.priors import debias_weight, laplacian_energy, log_sparsity, total_variation
+from fastsider.nn.shading import SphericalHarmonicsShading
+from fastsider.camera import Normalization
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 
 SIZE = 64
@@ -28,13 +30,13 @@ def points_in_view(n: int, seed: int = 0) -> torch.Tensor:
     return p
 
 
-def test_grid_coordinates_are_the_camera_projection():
+def test_map_coordinates_are_the_camera_projection():
     hm = HeightMap(CAMERA, NORM, SIZE).double()
     x = points_in_view(50)
     uv = project(CAMERA, NORM.to_mm(x.numpy()))
-    assert np.allclose(hm.grid_coordinates(x).detach().numpy(), uv, atol=1e-9)
+    assert np.allclose(hm.map_coordinates(x).detach().numpy(), uv, atol=1e-9)
     half = HeightMap(CAMERA, NORM, SIZE // 2).double()  # half resolution: pixel centres 2k, 2k+1 -> k
-    g = half.grid_coordinates(x).detach().numpy()
+    g = half.map_coordinates(x).detach().numpy()
     assert np.allclose(g, (uv + 0.5) / 2.0 - 0.5, atol=1e-9)
 
 
@@ -46,7 +48,7 @@ def test_bilinear_reproduces_a_plane_in_pixels_and_its_gradient():
         hm.values.copy_(0.02 * cols - 0.03 * rows + 0.5)  # mm
     x = points_in_view(200).requires_grad_(True)
     h = hm(x)
-    uv = hm.grid_coordinates(x)
+    uv = hm.map_coordinates(x)
     expected = (0.02 * uv[:, 0] - 0.03 * uv[:, 1] + 0.5) / NORM.half_size
     assert torch.allclose(h, expected, atol=1e-12)
     (grad,) = torch.autograd.grad(h.sum(), x)
@@ -63,7 +65,7 @@ def test_zero_outside_the_grid():
     with torch.no_grad():
         hm.values.fill_(1.0)
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)  # projects left of the crop
-    assert hm.grid_coordinates(far_left)[0, 0] < -1.0 and hm(far_left).item() == 0.0
+    assert hm.map_coordinates(far_left)[0, 0] < -1.0 and hm(far_left).item() == 0.0
     assert hm(points_in_view(10)).allclose(torch.full((10,), 1.0 / NORM.half_size, dtype=torch.float64))
 
 
@@ -150,17 +152,7 @@ def test_laplacian_energy_is_zero_on_planes_and_exact_on_a_parabola():
 
 def test_a_constant_height_moves_the_traced_surface_towards_the_camera():
     """f = plane(z = 600 mm) - h: a constant h = 0.8 mm moves every hit 0.8 mm closer, to tracer precision."""
-    cfg = load_config(None, ["model.geometry.detail=height_map"])
-    model = SiderModel(cfg.model, "torch").double()
-    with torch.no_grad():
-        last = model.geometry.mlp.layers[-1]
-        last.weight.zero_()
-        last.bias.zero_()
-    plane_z = 0.0  # unit box: z = 600 mm
-    model.geometry.set_base(lambda x: plane_z - x[:, 2])  # positive in front of the plane, |grad| = 1
-    model.geometry.set_height(HeightMap(CAMERA, NORM, SIZE).double())
-    with torch.no_grad():
-        model.geometry.height.values.fill_(0.8)
+    model = plane_model_with_height(torch.full((SIZE, SIZE), 0.8, dtype=torch.float64))
     pix = torch.tensor([[10.0, 20.0], [32.0, 32.0], [50.0, 5.0]], dtype=torch.float64)
     dirs = torch.stack([(pix[:, 0] - CAMERA.cx) / CAMERA.fx, (pix[:, 1] - CAMERA.cy) / CAMERA.fy,
                         torch.ones(3, dtype=torch.float64)], 1)
@@ -175,7 +167,7 @@ def test_a_constant_height_moves_the_traced_surface_towards_the_camera():
 
 def test_height_map_needs_the_signed_target():
     with pytest.raises(ConfigError, match="signed"):
-        load_config(None, ["model.geometry.detail=height_map", "shell.target=shell"])
+        load_config(None, ["model.detail=height_map", "shell.target=shell"])
 
 
 def test_feature_mask_covers_eyes_brows_lips_and_not_the_skin(example_files):
@@ -208,33 +200,29 @@ def test_fit_with_height_map_end_to_end(tmp_path, example_files):
 
     photo, lmk = example_files
     out = tmp_path / "hm" / "mesh.ply"
-    argv = fit_argv(photo, lmk, out, "model.geometry.base=coarse_grid", "model.geometry.base_resolution=64",
-                    "model.geometry.detail=height_map", "model.rendering.shading=albedo_sh",
-                    "stage2.skip_features=true", "stage2.height_lr=0.05")
+    argv = fit_argv(photo, lmk, out, "model.lattice.resolution=64", "model.shading=albedo_sh",
+                    "stage2.skip_features=true", "stage2.height_map.lr=0.05")
     assert main(argv) == 0
     summary = json.loads((out.parent / "summary.json").read_text())
-    assert summary["config"]["model"]["geometry"]["detail"] == "height_map"
+    assert summary["config"]["model"]["detail"] == "height_map"
     assert summary["stage1"]["iterations"] == 0  # the lattice base is exact: no stage-1 steps
     assert summary["stage2"]["iterations"] == 4 and summary["stage2"]["smoothness"] > 0.0  # h moved off zero
     assert np.array(summary["light"]["sh_coefficients_rgb"]).shape == (3, 9)
 
 
 def plane_model_with_height(values_mm: torch.Tensor):
-    """f = (plane z = 600 mm) - h, h on a SIZE^2 grid over CAMERA; double precision, torch backend."""
-    cfg = load_config(None, ["model.geometry.detail=height_map", "model.rendering.shading=albedo_sh"])
-    model = SiderModel(cfg.model, "torch").double()
-    with torch.no_grad():
-        model.geometry.mlp.layers[-1].weight.zero_()
-        model.geometry.mlp.layers[-1].bias.zero_()
-    model.geometry.set_base(lambda x: -x[:, 2])  # unit box: positive in front of z = 600 mm, |grad| = 1
-    model.geometry.set_height(HeightMap(CAMERA, NORM, SIZE).double())
+    """f = (plane z = 600 mm) - h, h on a SIZE^2 map over CAMERA; double precision, a grey albedo x SH2."""
+    plane = lambda x: -x[:, 2]  # noqa: E731, unit box: positive in front of z = 600 mm, |grad| = 1
+    grey = lambda x: torch.full_like(x, 0.5)  # noqa: E731
+    model = SiderModel(Geometry(plane, None, HeightMap(CAMERA, NORM, SIZE)),
+                       Appearance(None, SphericalHarmonicsShading(), grey), "torch", "autograd", 1e-3).double()
     with torch.no_grad():
         model.geometry.height.values.copy_(values_mm)
     return model
 
 
 def pixel_rays_to_plane(pix: torch.Tensor):
-    from fastsider.sdf.views import RayBundle
+    from fastsider.render import RayBundle
 
     dirs = torch.stack([(pix[:, 0] - CAMERA.cx) / CAMERA.fx, (pix[:, 1] - CAMERA.cy) / CAMERA.fy,
                         torch.ones(len(pix), dtype=torch.float64)], 1)
@@ -256,16 +244,14 @@ def test_linearized_hits_match_traced_hits_and_their_derivative():
     Against sphere tracing of f = F - h: same points and normals for a 0.5 mm bump, and the same
     derivative of a hit's depth w.r.t. a map value as finite differences of traced hits."""
     from fastsider.config import TraceConfig
-    from fastsider.stages.coarse_sdf import PointPool
-    from fastsider.stages.detail import freeze_surface, render_height_map
+    from fastsider.render import freeze_surface, render_height_map
 
     pix = torch.tensor([[30.0, 34.0], [24.0, 30.0], [36.0, 40.0], [10.0, 50.0]], dtype=torch.float64)
     rays = pixel_rays_to_plane(pix)
     trace = TraceConfig(max_steps=64, hit_eps=1e-9, use_occupancy_grid=False)
-    pool = PointPool(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
 
     flat = plane_model_with_height(torch.zeros(SIZE, SIZE, dtype=torch.float64))
-    frozen = freeze_surface(flat, rays, pool, trace)  # frozen where stage 2 starts: h = 0
+    frozen = freeze_surface(flat, rays, torch.zeros(4, 3, dtype=torch.float64), trace)  # frozen where stage 2 starts: h = 0
     bumped = plane_model_with_height(bump_values(0.5))
     flat.geometry.height.values.data.copy_(bumped.geometry.height.values.data)
     x, normals, _ = render_height_map(flat, frozen, create_graph=False)
@@ -294,7 +280,7 @@ def test_linearized_hits_match_traced_hits_and_their_derivative():
 
 
 def test_cubic_bspline_reproduces_linear_grids_and_has_a_continuous_slope():
-    from fastsider.nn.height_map import cubic_bspline
+    from fastsider.nn.maps import cubic_bspline
 
     r = 10
     rows, cols = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64),
@@ -317,9 +303,9 @@ def test_cubic_bspline_reproduces_linear_grids_and_has_a_continuous_slope():
 
 
 def test_albedo_grid_reads_its_tabulated_spline_within_a_small_error():
-    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, bilinear_border, cubic_bspline
+    from fastsider.nn.maps import SPLINE_TABLE_STEPS, AlbedoMap, bilinear_border, cubic_bspline
 
-    grid = AlbedoGrid(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
+    grid = AlbedoMap(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
     with torch.no_grad():  # a smooth log-albedo: 5% waves over the grid
         rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
         grid.values += 0.05 * torch.sin(0.9 * cols + 0.4 * rows).double()
@@ -330,7 +316,7 @@ def test_albedo_grid_reads_its_tabulated_spline_within_a_small_error():
 
 
 def test_border_read_is_bilinear_inside_and_the_nearest_edge_value_outside():
-    from fastsider.nn.height_map import bilinear, bilinear_border
+    from fastsider.nn.maps import bilinear, bilinear_border
 
     gen = torch.Generator().manual_seed(4)
     values = torch.rand(2, 5, 7, dtype=torch.float64, generator=gen)[:, :, :5].contiguous()  # [C, R, R]
@@ -345,10 +331,10 @@ def test_border_read_is_bilinear_inside_and_the_nearest_edge_value_outside():
 def test_separable_spline_table_is_the_spline_at_its_lattice_with_the_same_gradient():
     """M V M^T must equal the 16-tap spline read at every table sample, clamped edges included
     (the lattice's 0 and R-1 rows use them), and give the control values the same gradient."""
-    from fastsider.nn.height_map import SPLINE_TABLE_STEPS, AlbedoGrid, cubic_bspline
+    from fastsider.nn.maps import SPLINE_TABLE_STEPS, AlbedoMap, cubic_bspline
 
     r, k = 6, SPLINE_TABLE_STEPS
-    grid = AlbedoGrid(CAMERA, NORM, r, torch.tensor([0.6, 0.4, 0.3])).double()
+    grid = AlbedoMap(CAMERA, NORM, r, torch.tensor([0.6, 0.4, 0.3])).double()
     with torch.no_grad():  # no symmetry between rows and columns, so a transposed table would show
         grid.values.copy_(torch.rand(3, r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
     at = torch.arange(k * (r - 1) + 1, dtype=torch.float64) / k
@@ -363,34 +349,32 @@ def test_separable_spline_table_is_the_spline_at_its_lattice_with_the_same_gradi
     torch.testing.assert_close(g_table, g_exact, atol=1e-12, rtol=0)
 
 
-def test_albedo_grid_starts_at_its_colour_and_holds_the_edge_outside():
-    from fastsider.nn.height_map import AlbedoGrid
+def test_albedo_map_starts_at_its_colour_and_holds_the_edge_outside():
+    from fastsider.nn.maps import AlbedoMap
 
-    grid = AlbedoGrid(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
+    grid = AlbedoMap(CAMERA, NORM, 8, torch.tensor([0.6, 0.4, 0.3])).double()
     assert torch.allclose(grid(points_in_view(20)), torch.tensor([0.6, 0.4, 0.3], dtype=torch.float64), atol=1e-6)
     with torch.no_grad():
         grid.values[:, :, :2] = 0.0  # the two left columns (the spline's taps at the edge): albedo exp(0) = 1
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
-    with pytest.raises(ConfigError, match="albedo x light"):
-        load_config(None, ["model.rendering.shading=mlp", "model.rendering.albedo_resolution=16"])
 
 
 def test_height_map_stage_recovers_a_known_bump_under_an_albedo_blotch():
     """A 1.5 mm bump on a dome, photographed with a smooth brightness blotch in the albedo; stage 2
     starts from the dome with a height map and an 8x8 albedo grid. The traced surface must move
     towards the bump: the blotch goes to the albedo, the bump's shading to the geometry."""
-    from fastsider.render import raycast_mesh
-    from fastsider.sdf.grid import make_occupancy_grid
+    from fastsider.pictures import raycast_mesh
+    from fastsider.sdf.occupancy import make_occupancy_grid
     from fastsider.sdf.shell import ShellSDF
-    from fastsider.stages.coarse_sdf import attach_base, residual_targets, sample_point_pool
-    from fastsider.stages.detail import attach_albedo_grid, attach_height_map, face_rays, fit_details
+    from fastsider.model import build_model
+    from fastsider.render import face_rays
+    from fastsider.stages.coarse_sdf import residual_targets, sample_point_pool
+    from fastsider.stages.detail import fit_details
     from synthetic_scenes import bump_depth_error_mm, bump_scene
 
-    cfg = load_config(None, ["model.geometry.base=coarse_grid", "model.geometry.base_resolution=96",
-                             "model.geometry.detail=height_map", "model.rendering.albedo_resolution=8",
-                             "stage2.iterations=300", "stage2.lr=1e-3", "stage2.rendering_lr_factor=20",
-                             "stage2.height_lr=0.02"])
+    cfg = load_config(None, ["model.lattice.resolution=96", "model.height_map.resolution=0",
+                             "model.albedo_map.resolution=8", "stage2.iterations=300"])
     sc = bump_scene(size_px=96, bump_mm=1.5, sigma_mm=5.0)
     yy, xx = np.mgrid[0:96, 0:96] / 96.0
     blotch = 1.0 + 0.08 * np.sin(2 * np.pi * (0.7 * xx + 0.4 * yy))  # a ~80 mm wave of brightness
@@ -398,14 +382,11 @@ def test_height_map_stage_recovers_a_known_bump_under_an_albedo_blotch():
     norm = Normalization.around(sc.coarse_mesh.vertices, cfg.shell.box_margin)
     shell = ShellSDF(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, cfg.shell.thickness_mm, norm, cfg.shell.target)
     dev = torch.device("cpu")
-    stds = tuple(s / norm.half_size for s in cfg.stage1.near_std_mm)
+    stds = tuple(s / norm.half_size for s in cfg.sdf_pool.near_std_mm)
     pool = sample_point_pool(shell, 8 * 4096, stds, 0.1, np.random.default_rng(0), dev)
-    model = SiderModel(cfg.model, "torch")
-    attach_base(model, shell, cfg.model.geometry, dev)
-    pool = residual_targets(pool, model.geometry.base)
-    attach_height_map(model, sc.camera, norm, 0, dev)
     mask = raycast_mesh(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, sc.camera).mask
-    attach_albedo_grid(model, sc.camera, norm, 8, torch.tensor(image[mask]))
+    model = build_model(cfg.model, dev, shell.sdf, sc.camera, norm, torch.tensor(image[mask]))
+    pool = residual_targets(pool, model.geometry.base)
     grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size)
     rays = face_rays(sc.camera, norm, mask, image, grid, dev)
 

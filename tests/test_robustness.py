@@ -191,12 +191,12 @@ def test_a_checkpoint_from_another_config_or_input_is_refused(tmp_path, example_
     photo, lmk = example_files
     # the paper's path (stage-1 MLP fit), so stage-1 checkpoints are covered too
     argv = fit_argv(photo, lmk, tmp_path, "run.checkpoint_every=20", "stage1.iterations=40",
-                    "model.geometry.base=none", "model.geometry.detail=mlp", "stage2.sdf_weight=100")
+                    "model.sdf=mlp", "model.detail=mlp", "stage2.sdf_weight=100")
     proc = _start(argv)
     _wait_for_checkpoint(proc, tmp_path, "stage1", 20)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert main(argv + ["--set", "stage2.lr=0.01", "--resume"]) == 2
+    assert main(argv + ["--set", "stage2.mlp.lr=0.01", "--resume"]) == 2
     assert "different config" in capsys.readouterr().err
     other = tmp_path.parent / "other_landmarks.npy"
     np.save(other, np.load(lmk) + 0.5)

@@ -12,9 +12,10 @@ import trimesh
 
 from fastsider.cli import main
 from fastsider.config import CoarseStageConfig, ModelConfig
-from fastsider.nn.fields import SiderModel
-from fastsider.sdf.shell import Normalization, ShellSDF
-from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
+from fastsider.model import build_model
+from fastsider.camera import Normalization
+from fastsider.sdf.shell import ShellSDF
+from fastsider.stages.coarse_sdf import fit_coarse_sdf, residual_targets, sample_point_pool
 from fit_helpers import fit_argv
 from synthetic_scenes import height_field_mesh
 
@@ -27,10 +28,10 @@ def test_stage1_fits_a_known_shell_sdf():
     shell = ShellSDF(mesh.vertices, mesh.faces, 1.0 * MM, norm)
     cfg = CoarseStageConfig(iterations=300, batch_points=4096)
     rng = np.random.default_rng(0)
-    stds = tuple(s / norm.half_size for s in cfg.near_std_mm)
-    pool = sample_point_pool(shell, 24 * cfg.batch_points, stds, cfg.uniform_fraction, rng, torch.device("cpu"))
+    stds = (0.3 / norm.half_size, 1.5 / norm.half_size, 8.0 / norm.half_size)
+    pool = sample_point_pool(shell, 24 * cfg.batch_points, stds, 0.1, rng, torch.device("cpu"))
     test = sample_point_pool(shell, 5000, (0.5 / norm.half_size, 2.0 / norm.half_size), 0.0, rng, torch.device("cpu"))
-    model = SiderModel(ModelConfig(), "torch")
+    model = build_model(ModelConfig(sdf="mlp", detail="mlp", shading="mlp"), torch.device("cpu"))
     before = (model.sdf(test.points).detach() - test.sdf).abs().mean() * norm.half_size
     fit_coarse_sdf(model, pool, cfg, norm.half_size, torch.Generator().manual_seed(0))
     err_mm = ((model.sdf(test.points).detach() - test.sdf).abs() * norm.half_size)
@@ -49,7 +50,7 @@ def test_fit_end_to_end_tiny(tmp_path, example_files):
                  "render.png", "overlay.png", "summary.json", "landmarks7.txt", "snapshots/step_00002.png"):
         assert (d / name).is_file(), name
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["stage2"]["iterations"] == 4 and summary["implementation"]["networks"] == "torch"
+    assert summary["stage2"]["iterations"] == 4 and summary["implementation"]["networks"] == "none"  # the fast preset has no MLP
     assert set(summary["seconds"]) >= {"prepare", "stage1", "stage2", "outputs", "total"}
     assert np.linalg.norm(summary["light"]["light_direction"]) == pytest.approx(1.0, abs=1e-3)  # the fitted lamp
     mesh = trimesh.load(out, process=False)
@@ -66,28 +67,28 @@ def test_fit_end_to_end_tiny(tmp_path, example_files):
 def test_detail_stage_recovers_part_of_a_known_bump():
     """Render a 4 mm bump on a dome, start from the dome: stage 2 must move the surface towards it."""
     from fastsider.config import load_config
-    from fastsider.render import raycast_mesh
-    from fastsider.sdf.grid import make_occupancy_grid
-    from fastsider.stages.detail import face_rays, fit_details
+    from fastsider.pictures import raycast_mesh
+    from fastsider.sdf.occupancy import make_occupancy_grid
+    from fastsider.render import face_rays
+    from fastsider.stages.detail import fit_details
     from synthetic_scenes import bump_depth_error_mm, bump_scene
 
     # the paper's path: a plain MLP fitted in stage 1 and optimized in stage 2 with the MLP shading
     # (tests/test_height_map.py has the fast preset's height map). A weak prior and a high lr let
     # 300 CPU-cheap steps move the surface (the paper's weight 100 / lr 1e-4 barely move it here)
-    cfg = load_config(None, ["model.geometry.base=none", "model.geometry.detail=mlp",
-                             "model.rendering.shading=mlp", "model.rendering.albedo_resolution=0",
-                             "stage2.rendering_lr_factor=1", "stage1.iterations=300", "stage1.batch_points=4096",
-                             "stage2.iterations=300", "stage2.rays_per_batch=1024", "stage2.sdf_points_per_batch=2048",
-                             "stage2.sdf_weight=3.0", "stage2.lr=1e-3", "stage2.skip_features=false"])
+    cfg = load_config(None, ["model.sdf=mlp", "model.detail=mlp", "model.shading=mlp",
+                             "stage1.iterations=300", "stage1.batch_points=4096", "stage2.iterations=300",
+                             "stage2.mlp.rays_per_batch=1024", "stage2.sdf_points_per_batch=2048",
+                             "stage2.sdf_weight=3.0", "stage2.mlp.lr=1e-3", "stage2.appearance_lr=1e-3",
+                             "stage2.skip_features=false"])
     sc = bump_scene()
     norm = Normalization.around(sc.coarse_mesh.vertices, cfg.shell.box_margin)
     shell = ShellSDF(sc.coarse_mesh.vertices, sc.coarse_mesh.faces, cfg.shell.thickness_mm, norm, cfg.shell.target)
     dev = torch.device("cpu")
-    stds = tuple(s / norm.half_size for s in cfg.stage1.near_std_mm)
+    stds = tuple(s / norm.half_size for s in cfg.sdf_pool.near_std_mm)
     pool = sample_point_pool(shell, 24 * cfg.stage1.batch_points, stds, 0.1, np.random.default_rng(0), dev)
-    model = SiderModel(cfg.model, "torch")
-    attach_base(model, shell, cfg.model.geometry, dev)  # as fit does (a no-op for base = "none")
-    pool = residual_targets(pool, model.geometry.base)
+    model = build_model(cfg.model, dev, shell.sdf)
+    pool = residual_targets(pool, model.geometry.base)  # as fit does (unchanged without a lattice)
     gen = torch.Generator().manual_seed(0)
     fit_coarse_sdf(model, pool, cfg.stage1, norm.half_size, gen)
     grid = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size)

@@ -13,12 +13,16 @@ from scipy.spatial import cKDTree
 from fastsider.camera import Camera, project
 from fastsider.config import FitConfig
 from fastsider.eval import synthetic as S
+from fastsider.eval import synthetic_base
+from fastsider.eval.synthetic_details import LABEL_MIN_MM, REGIONS
+from fastsider.eval.synthetic_params import SyntheticParams
+from fastsider.eval.synthetic_photo import render_photo
 from fastsider.face.landmarks import face_box_size
 from fastsider.io import load_image, load_mesh
 from fastsider.stages.prepare import CoarseInputs, prepare
 
 # a cheap configuration for the tests that only need *a* case (about 1 s instead of 5)
-SMALL = S.SyntheticParams(image_size=96, supersample=1, loop_levels=2, coarse_loop_levels=1, max_edge_mm=1.0)
+SMALL = SyntheticParams(image_size=96, supersample=1, loop_levels=2, coarse_loop_levels=1, max_edge_mm=1.0)
 F32_MM = 1e-3  # float32 rounding of coordinates near 1 m is ~6e-5 mm; generous margin
 
 
@@ -36,7 +40,7 @@ def case_dir(case, tmp_path_factory):
 
 def test_cached_landmarks_match_mediapipe(example_landmarks):
     # the cache is MediaPipe on the example photo; a different MediaPipe build may move points a bit
-    np.testing.assert_allclose(S.example_landmarks(), example_landmarks, atol=2.0)
+    np.testing.assert_allclose(synthetic_base.example_landmarks(), example_landmarks, atol=2.0)
 
 
 def test_same_seed_gives_identical_files_other_seed_differs(tmp_path):
@@ -54,7 +58,7 @@ def test_gt_is_base_plus_displacement_with_requested_depths(case):
     p = case.params
     n = np.linalg.norm(case.gt_vertices - case.base_vertices, axis=1)
     np.testing.assert_allclose(n, np.abs(case.displacement), atol=F32_MM)
-    assert np.abs(case.displacement[case.labels == 0]).max() < S.LABEL_MIN_MM
+    assert np.abs(case.displacement[case.labels == 0]).max() < LABEL_MIN_MM
     grooves = np.isin(case.labels, (1, 2, 3)) & (np.abs(case.displacement) > 0.1)
     assert (case.gt_vertices[grooves, 2] > case.base_vertices[grooves, 2]).mean() > 0.95  # away from the camera
     specs = {1: p.forehead, 2: p.crows_feet, 3: p.nasolabial, 4: p.bumps}
@@ -67,7 +71,7 @@ def test_gt_is_base_plus_displacement_with_requested_depths(case):
         assert 0.85 * spec.depth_mm[0] <= peak <= 1.1 * spec.depth_mm[1], (label, peak, spec.depth_mm)
         assert (d < 0).mean() > 0.99 if label != 4 else (d > 0).all()  # grooves in, moles out
     for det in case.details:
-        spec = specs[S.REGIONS[det.region]]
+        spec = specs[REGIONS[det.region]]
         assert spec.depth_mm[0] <= abs(det.depth_mm) <= spec.depth_mm[1]
         assert spec.width_mm[0] <= det.width_mm <= spec.width_mm[1]
         mid = det.points[len(det.points) // 3: max(2 * len(det.points) // 3, 1)]
@@ -127,7 +131,7 @@ def test_coarse_error_has_the_requested_amplitude():
     assert shift.max() == pytest.approx(0.5, abs=F32_MM)
     assert np.array_equal(off.gt_vertices, exact.gt_vertices) and np.array_equal(off.image, exact.image)
     with pytest.raises(ValueError, match="loop_levels"):
-        S.make_case(0, S.SyntheticParams(loop_levels=1, coarse_loop_levels=2))
+        S.make_case(0, SyntheticParams(loop_levels=1, coarse_loop_levels=2))
 
 
 def test_photo_shows_the_forehead_wrinkle_shading(case):
@@ -139,7 +143,7 @@ def test_photo_shows_the_forehead_wrinkle_shading(case):
     window = case.camera.transformed(1.0, -(u - half), -(v - half), 2 * half, 2 * half)
 
     def render(vertices):
-        img = S.render_photo(vertices, case.gt_faces, case.albedo, window, case.light_dir, case.background, case.params,
+        img = render_photo(vertices, case.gt_faces, case.albedo, window, case.light_dir, case.background, case.params,
                              np.random.default_rng(0))
         return img.astype(float).mean(axis=2)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastsider.sdf import _nerfacc
-from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
+from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.trace import MIN_COS, ray_aabb_intersect, reattach_hits, sphere_trace
 
 DEVICES = [

@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastsider.eval.compare import (
-        FAST, QUALITY_HEADERS, REFERENCE, SPEED_HEADERS, CompareRequest, quality_rows, run_compare, speed_rows,
-    )
+    from fastsider.eval.compare import CompareRequest, run_compare
+    from fastsider.eval.compare_metrics import FAST, REFERENCE
+    from fastsider.eval.compare_report import QUALITY_HEADERS, SPEED_HEADERS, quality_rows, speed_rows
     from fastsider.report import print_table
 
     if args.example == (args.image is not None):

@@ -9,7 +9,7 @@ images everywhere); tests/test_synthetic.py checks the cache against a fresh det
 
 import numpy as np
 
-from fastsider.eval.synthetic import EXAMPLE_LANDMARKS, detect_example_landmarks
+from fastsider.eval.synthetic_base import EXAMPLE_LANDMARKS, detect_example_landmarks
 
 if __name__ == "__main__":
     EXAMPLE_LANDMARKS.parent.mkdir(parents=True, exist_ok=True)

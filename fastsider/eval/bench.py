@@ -21,10 +21,18 @@ from scipy.ndimage import binary_erosion
 
 from fastsider.camera import Camera, project
 from fastsider.config import FitConfig, to_dict
-from fastsider.eval.metrics import (ErrorStats, MeshQuery, depth_recovered, finite_or_none, normal_angle_error,
-                                    normal_offsets, scan_to_mesh)
+from fastsider.eval.metrics import (
+    ErrorStats,
+    MeshQuery,
+    cumulative_curve,
+    depth_recovered,
+    finite_or_none,
+    normal_angle_error,
+    normal_offsets,
+    scan_to_mesh,
+)
 from fastsider.io import OutputStage, load_mesh, save_json
-from fastsider.render import normal_map, raycast_mesh
+from fastsider.pictures import normal_map, raycast_mesh
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +112,7 @@ def depth_recovered_by_region(gt: trimesh.Trimesh, coarse: trimesh.Trimesh, labe
     Both displacements are measured from the coarse surface (the synthetic base) along its normal
     at the point closest to each GT vertex: the GT vertex's own, and where that normal meets the mesh.
     """
-    from fastsider.eval.synthetic import REGIONS
+    from fastsider.eval.synthetic_details import REGIONS
 
     points = np.asarray(gt.vertices)[region]
     query = MeshQuery(np.asarray(coarse.vertices), np.asarray(coarse.faces))
@@ -165,7 +173,8 @@ def run_bench(out_dir: Path, n_cases: int, seed: int, cfg: FitConfig, photos: li
               synthetic_params: Any = None, progress: BenchProgress | None = None) -> BenchResult:
     """Generate ``n_cases`` synthetic faces under ``out_dir/cases``, fit each into ``out_dir/fits``,
     evaluate, and time the optional real ``photos``. The report is written by :func:`write_bench_report`."""
-    from fastsider.eval.synthetic import SyntheticParams, generate_cases
+    from fastsider.eval.synthetic import generate_cases
+    from fastsider.eval.synthetic_params import SyntheticParams
     from fastsider.stages.fit import run_fit
     from fastsider.stages.prepare import CoarseInputs
 
@@ -307,9 +316,9 @@ def write_bench_report(result: BenchResult, out_dir: Path) -> dict[str, Any]:
                       "depth, 0 a missed detail. The coarse mesh scores 0 by construction.", "",
                       markdown_table(*depth_rows(result), digits=2), "",
                       "![cumulative error](cumulative_error.png)", ""]
-            plot_cumulative({"coarse": np.concatenate([c.distances["coarse"] for c in result.cases]),
-                             "detailed": np.concatenate([c.distances["detailed"] for c in result.cases])},
-                            out.path("cumulative_error.png"), CURVE_MAX_MM, "scan-to-mesh error [mm]",
+            errors = {k: np.concatenate([c.distances[k] for c in result.cases]) for k in ("coarse", "detailed")}
+            curves = {f"{k} (median {np.median(e):.3f})": cumulative_curve(e, CURVE_MAX_MM, 201) for k, e in errors.items()}
+            plot_cumulative(curves, out.path("cumulative_error.png"), CURVE_MAX_MM, "scan-to-mesh error [mm]",
                             "all cases, face region")
             for c in result.cases:
                 image_panel(case_picture(out_dir / "cases" / c.name, out_dir / "fits" / c.name),

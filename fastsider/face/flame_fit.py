@@ -18,9 +18,14 @@ from scipy.spatial.transform import Rotation
 
 from fastsider.camera import Camera, project, unproject
 from fastsider.config import FlameFitConfig
-from fastsider.face.flame import (
-    FLAME_TO_CAMERA, FlameError, FlameModel, FlameTensors, LandmarkEmbedding, axis_angle_to_matrix,
-    embed_points, flame_subset, flame_tensors, flame_vertices,
+from fastsider.face.flame import FLAME_TO_CAMERA, FlameError, FlameModel, LandmarkEmbedding
+from fastsider.face.flame_forward import (
+    FlameTensors,
+    axis_angle_to_matrix,
+    embed_points,
+    flame_subset,
+    flame_tensors,
+    flame_vertices,
 )
 from fastsider.face.types import CoarseFace
 

@@ -10,7 +10,7 @@ from fastsider.config import NetworkConfig
 from fastsider.errors import FastsiderError
 
 TCNN_WIDTHS = (16, 32, 64, 128)  # FullyFusedMLP supports only these
-TCNN_SOFTPLUS_BETA = 1.0         # tcnn's Softplus is log(1 + e^x)
+TCNN_SOFTPLUS_BETA = 10.0        # tcnn's Softplus is log(1 + exp(10 x)) / 10 (K_ACT = 10 in common_device.h)
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,7 +31,7 @@ def check_tcnn_config(cfg: NetworkConfig) -> None:
     if cfg.geometric_init:
         raise FastsiderError("tcnn backend: geometric_init is torch-only (use backend=torch)")
     if cfg.activation == "Softplus" and cfg.softplus_beta != TCNN_SOFTPLUS_BETA:
-        raise FastsiderError(f"tcnn backend: Softplus has a fixed beta of 1, config asks for {cfg.softplus_beta}")
+        raise FastsiderError(f"tcnn backend: Softplus has a fixed beta of {TCNN_SOFTPLUS_BETA:g}, config asks for {cfg.softplus_beta}")
     if cfg.otype == "FullyFusedMLP" and cfg.n_neurons not in TCNN_WIDTHS:
         raise FastsiderError(f"tcnn FullyFusedMLP needs n_neurons in {TCNN_WIDTHS}, got {cfg.n_neurons}")
 

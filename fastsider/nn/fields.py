@@ -1,7 +1,12 @@
-"""SIDER's two networks and the SDF gradient (normals), with autograd or finite differences.
+"""SIDER's fields: the geometry f(x) -> (sdf, feature) and the appearance (x, n, v, feature) -> rgb.
 
-Geometry net  f(phi(x)) -> (sdf, feature)        x in the normalized box [-1, 1]^3
-Rendering net g(phi(x), n, phi(v), feature) -> rgb in [0, 1]
+Each is assembled from parts that ``fastsider/model.py`` chooses from the config and builds once:
+
+Geometry    f(x) = base(x) [+ MLP residual] - h(project(x))   or the paper's MLP f(phi(x)) alone
+Appearance  rgb = g(phi(x), n, phi(v), feature) (the paper's rendering MLP)
+            rgb = light(albedo(x), n, v)       (an albedo map or MLP times a learned light)
+
+x lives in the normalized box [-1, 1]^3.
 """
 
 from __future__ import annotations
@@ -11,104 +16,100 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fastsider.config import GeometryNetConfig, ModelConfig, RenderingNetConfig
+from fastsider.config import GeometryMLPConfig, RenderingMLPConfig
 from fastsider.nn.encoding import FrequencyEncoding
 from fastsider.nn.mlp import make_mlp
-from fastsider.nn.shading import DirectionalShading, SphericalHarmonicsShading
 
 
-class GeometryNet(torch.nn.Module):
-    """f(phi(x)) -> (sdf, feature); with a fixed base SDF attached, sdf = base(x) + MLP's output."""
+class GeometryMLP(torch.nn.Module):
+    """f(phi(x)) -> (sdf, feature), the paper's geometry network."""
 
-    def __init__(self, cfg: GeometryNetConfig, backend: str):
+    def __init__(self, cfg: GeometryMLPConfig, backend: str):
         super().__init__()
         self.encoding = FrequencyEncoding(3, cfg.encoding)
         self.feature_dim = cfg.feature_dim
-        self.mlp = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
+        self.net = make_mlp(self.encoding.n_output_dims, 1 + cfg.feature_dim, cfg.network, backend,
                             sphere_radius=cfg.init_sphere_radius)
-        self.base: torch.nn.Module | None = None
-        self.height: torch.nn.Module | None = None  # set_height: stage 2's detail, f -= h(project(x))
-        self.residual_starts_at_zero = False  # set_base zeroed the MLP's SDF output: f == base until trained
-
-    def set_base(self, base: torch.nn.Module) -> None:
-        """Make the MLP a residual on ``base`` (points [n, 3] -> sdf [n]); its SDF output starts at 0."""
-        self.base = base
-        layers = getattr(self.mlp, "layers", None)
-        if layers is not None:  # torch: zero the SDF row of the last layer (tcnn: stage 1 drives it to 0)
-            with torch.no_grad():
-                layers[-1].weight[0].zero_()
-                layers[-1].bias[0].zero_()
-            self.residual_starts_at_zero = True
-
-    def mlp_parameters(self) -> list[torch.nn.Parameter]:
-        """What stage 1 trains (and stage 2 too, unless a height map carries the detail)."""
-        return list(self.mlp.parameters())
-
-    def set_height(self, height: torch.nn.Module) -> None:
-        """Subtract ``height`` (points [n, 3] -> displacement [n], unit-box units) from the SDF."""
-        self.height = height
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""
-        out = self.mlp(self.encoding(x))
-        sdf = out[:, 0] if self.base is None else self.base(x) + out[:, 0]
+        out = self.net(self.encoding(x))
+        return out[:, 0], out[:, 1:]
+
+
+class ResidualGain(torch.nn.Module):
+    """A learned scalar on the residual MLP's SDF output, starting at 0: f == base until trained,
+    whatever the MLP's initialisation (tcnn's weights cannot be zeroed row by row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, sdf: Tensor) -> Tensor:
+        return self.gain * sdf
+
+
+class Geometry(torch.nn.Module):
+    """The SDF: a fixed ``base`` (points [n, 3] -> sdf [n]) and/or a geometry ``mlp``, minus a ``height`` map.
+
+    Args:
+        base: the coarse SDF sampled on a lattice (sdf/lattice.py), or None.
+        mlp: the geometry MLP; with a base it is a residual whose SDF output starts at 0.
+        height: stage 2's detail (points [n, 3] -> h [n], unit-box units), or None.
+        residual_gain: with a base and an MLP that cannot be zeroed (tcnn), the gain that starts it at 0.
+    """
+
+    def __init__(self, base: torch.nn.Module | None, mlp: GeometryMLP | None, height: torch.nn.Module | None,
+                 residual_gain: ResidualGain | None = None):
+        super().__init__()
+        if base is None and mlp is None:
+            raise ValueError("a geometry needs a base SDF, an MLP, or both")
+        self.base, self.mlp, self.height, self.residual_gain = base, mlp, height, residual_gain
+        self.feature_dim = mlp.feature_dim if mlp is not None else 0
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [n_pts, 3] -> sdf [n_pts], feature [n_pts, feature_dim]."""
+        if self.mlp is None:
+            sdf, feature = self.base(x), x.new_zeros(x.shape[0], 0)
+        else:
+            sdf, feature = self.mlp(x)
+            if self.base is not None:
+                sdf = self.base(x) + (sdf if self.residual_gain is None else self.residual_gain(sdf))
         if self.height is not None:
             sdf = sdf - self.height(x)
-        return sdf, out[:, 1:]
+        return sdf, feature
 
     def sdf(self, x: Tensor) -> Tensor:  # [n_pts, 3] -> [n_pts]
         return self.forward(x)[0]
 
-    @torch.no_grad()
-    def silence_frequencies(self, first: int) -> None:
-        """Zero the input weights of encoding frequencies >= ``first`` (torch MLP), so that fading
-        them in later (coarse-to-fine) starts from the current function instead of random noise."""
-        layers = getattr(self.mlp, "layers", None)
-        if layers is None:
-            return  # tcnn: its padded weights are not addressable per input; annealing alone applies
-        d = self.encoding.n_input_dims
-        start = d + 2 * d * first  # encoding layout: [x (d), then per frequency sin (d), cos (d)]
-        stop = self.encoding.n_output_dims
-        layers[0].weight[:, start:stop] = 0.0
-        for i in getattr(self.mlp, "skip_layers", ()):
-            if i > 0:
-                layers[i].weight[:, layers[i].in_features - stop + start:] = 0.0
+    def mlp_parameters(self) -> list[torch.nn.Parameter]:
+        """What stage 1 trains, and stage 2 with the MLP detail."""
+        if self.mlp is None:
+            return []
+        gain = list(self.residual_gain.parameters()) if self.residual_gain is not None else []
+        return list(self.mlp.parameters()) + gain
 
 
-class RenderingNet(torch.nn.Module):
-    def __init__(self, cfg: RenderingNetConfig, feature_dim: int, backend: str):
+class RenderingMLP(torch.nn.Module):
+    """The paper's g(phi(x), n, phi(v), feature) -> rgb, or with ``albedo_only`` the albedo a(phi(x), feature).
+
+    Where x enters un-encoded and without the feature (the default), the net cannot paint shading in
+    as high-frequency albedo and must explain it through normals.
+    """
+
+    def __init__(self, cfg: RenderingMLPConfig, feature_dim: int, backend: str, albedo_only: bool):
         super().__init__()
-        self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal
-        self.use_position, self.use_view = cfg.use_position, cfg.use_view
-        self.shading = cfg.shading
-        albedo_times_light = self.shading != "mlp"
-        if albedo_times_light and not cfg.use_normal:
-            raise ValueError(f"rendering.shading = {self.shading!r} needs use_normal = true (shading is a function of n)")
+        self.use_feature, self.use_normal = cfg.use_feature, cfg.use_normal and not albedo_only
+        self.use_position, self.use_view = cfg.use_position, cfg.use_view and not albedo_only
         self.pos_encoding = FrequencyEncoding(3, cfg.encoding)
         self.view_encoding = FrequencyEncoding(3, cfg.view_encoding)
-        feature_in = feature_dim if cfg.use_feature else 0
-        pos_in = self.pos_encoding.n_output_dims if cfg.use_position else 0
-        self.light: torch.nn.Module | None = None
-        if albedo_times_light:  # the MLP is the albedo alone; the light is a shading model's
-            n_in = max(pos_in + feature_in, 1)
-            self.light = (SphericalHarmonicsShading() if self.shading == "albedo_sh"
-                          else DirectionalShading(cfg.shininess, cfg.specular))
-        else:
-            n_in = (pos_in + (self.view_encoding.n_output_dims if cfg.use_view else 0)
-                    + (3 if cfg.use_normal else 0) + feature_in)
-        self.mlp = make_mlp(n_in, 3, cfg.network, backend)
-        self.albedo: torch.nn.Module | None = None  # set_albedo: the shading models read it instead of the MLP
-
-    def set_albedo(self, albedo: torch.nn.Module) -> None:
-        """Take the albedo from ``albedo`` (unit-box points [n, 3] -> rgb [n, 3]) instead of the MLP."""
-        if self.light is None:
-            raise ValueError("an albedo module needs an albedo x light shading, not 'mlp'")
-        self.albedo = albedo
+        n_in = ((self.pos_encoding.n_output_dims if self.use_position else 0)
+                + (self.view_encoding.n_output_dims if self.use_view else 0)
+                + (3 if self.use_normal else 0) + (feature_dim if self.use_feature else 0))
+        self.net = make_mlp(max(n_in, 1), 3, cfg.network, backend)
 
     def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
         """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
-        if self.light is not None:
-            return self.light(self.albedo_at(x, features), normals, view_dirs)
         parts = [self.pos_encoding(x)] if self.use_position else []
         if self.use_view:
             parts.append(self.view_encoding(view_dirs))
@@ -116,16 +117,38 @@ class RenderingNet(torch.nn.Module):
             parts.append(normals)
         if self.use_feature:
             parts.append(features)
-        return self.mlp(torch.cat(parts, dim=-1))
+        return self.net(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
+
+
+class Appearance(torch.nn.Module):
+    """rgb at surface points: the rendering MLP alone, or ``light(albedo(x), n, v)``.
+
+    Args:
+        mlp: the paper's rendering MLP (no light), or the albedo MLP under a light.
+        light: a shading model (nn/shading.py), or None for the rendering MLP.
+        albedo_map: an albedo field over the crop (nn/maps.py: points [n, 3] -> rgb [n, 3]) instead of an MLP.
+    """
+
+    def __init__(self, mlp: RenderingMLP | None, light: torch.nn.Module | None = None,
+                 albedo_map: torch.nn.Module | None = None):
+        super().__init__()
+        if light is None and mlp is None:
+            raise ValueError("an appearance needs a rendering MLP or a light")
+        if light is not None and (mlp is None) == (albedo_map is None):
+            raise ValueError("a light needs exactly one albedo: an MLP or a map")
+        self.mlp, self.light, self.albedo_map = mlp, light, albedo_map
+
+    def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
+        """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
+        if self.light is None:
+            return self.mlp(x, normals, view_dirs, features)
+        return self.light(self.albedo_at(x, features), normals, view_dirs)
 
     def albedo_at(self, x: Tensor, features: Tensor) -> Tensor:
-        """The albedo [n, 3] of an albedo x light shading at x [n, 3]: the albedo module's, else the MLP's."""
-        if self.albedo is not None:
-            return self.albedo(x)
-        parts = [self.pos_encoding(x)] if self.use_position else []
-        if self.use_feature:
-            parts.append(features)
-        return self.mlp(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
+        """The albedo [n, 3] of an albedo x light appearance at x [n, 3]."""
+        if self.albedo_map is not None:
+            return self.albedo_map(x)
+        return self.mlp(x, x, x, features)  # albedo_only: normals and view directions are not inputs
 
 
 class SdfSample(NamedTuple):
@@ -134,8 +157,8 @@ class SdfSample(NamedTuple):
     gradient: Tensor  # [n_pts, 3], d sdf / d x
 
 
-def sdf_with_gradient(net: GeometryNet, x: Tensor, mode: str, fd_eps: float, create_graph: bool) -> SdfSample:
-    """SDF, feature and spatial gradient at x [n_pts, 3].
+def sdf_with_gradient(net: torch.nn.Module, x: Tensor, mode: str, fd_eps: float, create_graph: bool) -> SdfSample:
+    """SDF, feature and spatial gradient at x [n_pts, 3] of ``net`` (x -> (sdf, feature)).
 
     autograd:           exact; ``create_graph`` keeps the graph for the eikonal term (double backward).
     finite_difference:  (f(x + h e_i) - f(x - h e_i)) / 2h; differentiable w.r.t. theta with a
@@ -151,7 +174,7 @@ def sdf_with_gradient(net: GeometryNet, x: Tensor, mode: str, fd_eps: float, cre
     sdf, feat = net(x)
     offsets = torch.eye(3, device=x.device, dtype=x.dtype) * fd_eps  # [3, 3]
     probes = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
-    f = net.sdf(probes).reshape(-1, 6)
+    f = net(probes)[0].reshape(-1, 6)
     grad = (f[:, :3] - f[:, 3:]) / (2.0 * fd_eps)
     if not create_graph:
         grad = grad.detach()
@@ -159,15 +182,16 @@ def sdf_with_gradient(net: GeometryNet, x: Tensor, mode: str, fd_eps: float, cre
 
 
 class SiderModel(torch.nn.Module):
-    """Both networks plus how normals are computed; one object the stages train and checkpoint."""
+    """The geometry and the appearance plus how normals are computed: what the stages train and checkpoint.
 
-    def __init__(self, cfg: ModelConfig, backend: str):
+    Built by :func:`fastsider.model.build_model`; ``backend`` and ``normal_mode`` say which
+    implementation runs (for the log and summary.json).
+    """
+
+    def __init__(self, geometry: Geometry, appearance: Appearance, backend: str, normal_mode: str, fd_eps: float):
         super().__init__()
-        self.backend = backend
-        self.normal_mode = "finite_difference" if backend == "tcnn" else cfg.normals
-        self.fd_eps = cfg.fd_eps
-        self.geometry = GeometryNet(cfg.geometry, backend)
-        self.rendering = RenderingNet(cfg.rendering, cfg.geometry.feature_dim, backend)
+        self.geometry, self.appearance = geometry, appearance
+        self.backend, self.normal_mode, self.fd_eps = backend, normal_mode, fd_eps
 
     def sdf(self, x: Tensor) -> Tensor:
         return self.geometry.sdf(x)

@@ -10,9 +10,8 @@ import trimesh
 from scipy.ndimage import binary_dilation
 from skimage.measure import marching_cubes
 
-from fastsider.camera import Camera, project
-from fastsider.sdf.grid import OccupancyGrid
-from fastsider.sdf.shell import Normalization
+from fastsider.camera import Camera, Normalization, project
+from fastsider.sdf.occupancy import OccupancyGrid
 from fastsider.sdf.trace import SdfFn
 
 OUTSIDE = 1.0  # SDF value given to samples outside the occupied band (unit-box units)

@@ -7,39 +7,12 @@ Distances come from libigl's AABB tree (exact point-to-triangle distance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import igl
 import numpy as np
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Normalization:
-    """mm camera frame <-> the networks' box [-1, 1]^3: x_n = (x_mm - centre) / half_size."""
-
-    centre: np.ndarray  # [3] mm
-    half_size: float    # mm
-
-    @staticmethod
-    def around(vertices: np.ndarray, margin: float) -> "Normalization":
-        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-        return Normalization(centre=np.asarray((lo + hi) / 2.0, dtype=float), half_size=float((hi - lo).max() / 2.0 * (1.0 + margin)))
-
-    def to_unit(self, x_mm: np.ndarray) -> np.ndarray:
-        return (x_mm - self.centre) / self.half_size
-
-    def to_mm(self, x_unit: np.ndarray) -> np.ndarray:
-        return x_unit * self.half_size + self.centre
-
-    def rays_to_unit(self, origins_mm: Tensor, dirs: Tensor) -> Tensor:
-        """Ray origins [n_rays, 3] mm -> unit box (directions are unchanged by a uniform scale)."""
-        c = torch.as_tensor(self.centre, dtype=origins_mm.dtype, device=origins_mm.device)
-        return (origins_mm - c) / self.half_size
-
-    def to_json_dict(self) -> dict:
-        return {"centre_mm": self.centre.tolist(), "half_size_mm": self.half_size}
+from fastsider.camera import Normalization
 
 
 class ShellSDF:

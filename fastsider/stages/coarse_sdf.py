@@ -1,24 +1,21 @@
-"""Stage 1: fit the geometry net to the coarse SDF (|f - SDF_GT| + eikonal).
+"""Stage 1: fit the geometry MLP to the coarse SDF (|f - SDF_GT| + eikonal).
 
-With ``model.geometry.base = "coarse_grid"`` (an option) SDF_GT itself, on a lattice, is the
-geometry net's fixed base: the torch MLP starts as an exact zero residual and stage 1 takes no
-steps; tcnn's random init still needs them to bring its residual to zero.
+With ``model.sdf = "lattice"`` SDF_GT itself, on a lattice, is the geometry: exact from the start
+(a residual MLP starts at 0), and stage 1 takes no steps.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import trimesh
 
-from fastsider.config import CoarseStageConfig, GeometryNetConfig, RunConfig
+from fastsider.config import CoarseStageConfig, RunConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.sdf import losses
-from fastsider.sdf.base_grid import build_sdf_lattice
 from fastsider.sdf.shell import ShellSDF
 from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
 
@@ -46,13 +43,6 @@ def sample_point_pool(shell: ShellSDF, n: int, near_std_unit: tuple[float, ...],
                      torch.tensor(sdf, dtype=torch.float32, device=device))
 
 
-def attach_base(model: SiderModel, shell: ShellSDF, cfg: GeometryNetConfig, device: torch.device) -> None:
-    """``base = "coarse_grid"``: the geometry net becomes SDF_GT on a lattice + its MLP (starting at 0)."""
-    if cfg.base == "coarse_grid":
-        model.geometry.set_base(build_sdf_lattice(shell.sdf, cfg.base_resolution, device))
-        log.info("geometry: coarse SDF on a %d^3 lattice + residual MLP", cfg.base_resolution)
-
-
 def residual_targets(pool: PointPool, base: torch.nn.Module | None) -> PointPool:
     """With a base SDF the targets are the base's own values: the residual MLP's target is exactly 0
     (the base's interpolation error, ~0.003 mm in the band, is not passed on to the MLP)."""
@@ -67,11 +57,11 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
                    resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
     """Adam on L = |f - SDF_GT| + w_eik * eikonal over batches from the pool. Returns final stats.
 
-    A geometry net that is already SDF_GT (a lattice base, a residual MLP starting at exactly 0) is
-    left as it is: Adam's first steps would only add noise of the size of its lr.
+    A geometry that is already SDF_GT (the lattice, a residual MLP starting at 0) is left as it is:
+    Adam's first steps would only add noise of the size of its lr.
     """
-    if model.geometry.residual_starts_at_zero and resume is None:
-        log.info("stage 1: exact from the start (coarse SDF lattice, residual MLP at 0); no steps")
+    if model.geometry.mlp is None or model.geometry.base is not None:
+        log.info("stage 1: the coarse SDF lattice is exact from the start; no steps")
         return {"loss": 0.0, "sdf_mm": 0.0, "seconds": 0.0, "iterations": 0, "rollbacks": 0}
     n_pool = pool.points.shape[0]
 
@@ -83,9 +73,5 @@ def fit_coarse_sdf(model: SiderModel, pool: PointPool, cfg: CoarseStageConfig, u
         return {"loss": l_sdf + cfg.eikonal_weight * l_eik, "sdf_mm": l_sdf * losses.MM_PER_M, "eikonal": l_eik}
 
     schedule = Schedule("stage 1", cfg.iterations, cfg.lr, cfg.lr_decay, cfg.max_seconds)
-    encoding = model.geometry.encoding
-    if cfg.active_frequencies > 0 and resume is None:
-        encoding.set_active(cfg.active_frequencies)
-        model.geometry.silence_frequencies(math.ceil(cfg.active_frequencies))
     return optimize(model, model.geometry.mlp_parameters(), loss_fn, schedule, run, generator,
                     resume=resume, checkpoint=checkpoint, on_step=on_step)

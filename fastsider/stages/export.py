@@ -8,7 +8,7 @@ from skimage.transform import resize
 from fastsider.camera import Camera
 from fastsider.face.landmarks import NOW_LANDMARK_IDS
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
-from fastsider.render import normal_map, overlay, raycast_mesh
+from fastsider.pictures import normal_map, overlay, raycast_mesh
 from fastsider.stages.prepare import Prepared
 
 OVERLAY_MAX_SIDE = 1024  # overlays of large photos are drawn on a downscaled copy

@@ -14,31 +14,29 @@ import torch
 import trimesh
 
 from fastsider import __version__
-from fastsider.camera import world_to_camera_points
+from fastsider.camera import Normalization, world_to_camera_points
 from fastsider.config import FitConfig, to_dict
 from fastsider.errors import FastsiderError, InputError
 from fastsider.face.landmarks import detect_landmarks
 from fastsider.face.pigment import pigment_mask
 from fastsider.face.regions import feature_mask
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
+from fastsider.model import build_model
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.mlp import resolve_backend
-from fastsider.render import depth_picture, normal_map, overlay, raycast_mesh
-from fastsider.sdf.grid import OccupancyGrid, make_occupancy_grid
+from fastsider.pictures import depth_picture, normal_map, overlay, raycast_mesh
+from fastsider.render import RayBundle, face_rays, render_views
 from fastsider.sdf.mesh import Coarse, extract_face_mesh
-from fastsider.sdf.shell import Normalization, ShellSDF, to_mid_surface
-from fastsider.sdf.views import RayBundle, render_views
-from fastsider.stages.coarse_sdf import attach_base, fit_coarse_sdf, residual_targets, sample_point_pool
-from fastsider.stages.detail import attach_albedo_grid, attach_height_map, face_rays, fit_details
+from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
+from fastsider.sdf.shell import ShellSDF, to_mid_surface
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
+from fastsider.stages.coarse_sdf import fit_coarse_sdf, residual_targets, sample_point_pool
+from fastsider.stages.detail import fit_details
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
-from fastsider.stages.loop import (DivergenceError, deterministic_algorithms, graceful_interrupts,
-                                   raise_if_interrupted)
+from fastsider.stages.loop import DivergenceError, deterministic_algorithms, graceful_interrupts, raise_if_interrupted
 from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
-POOL_BATCHES = 24           # SDF_GT is computed once for a pool this many stage-1 batches large
 SNAPSHOT_DIR = "snapshots"
 PARTIAL_DIR = ".fastsider-partial"  # staged outputs + checkpoint of an unfinished run
 CHECKPOINT_DIR = "checkpoint"       # the OutputStage private folder holding it
@@ -74,19 +72,12 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     c = prep.coarse
     norm = Normalization.around(c.vertices, cfg.shell.box_margin)
     shell = ShellSDF(c.vertices, c.faces, cfg.shell.thickness_mm, norm, cfg.shell.target)
-    backend = resolve_backend(cfg.model.backend, device)
-    model = SiderModel(cfg.model, backend).to(device)
-    log.info("networks: %s implementation on %s, normals by %s", backend, device, model.normal_mode)
     band = make_occupancy_grid(shell, cfg.trace.grid_resolution, cfg.trace.grid_band_mm / norm.half_size,
                                device=device)
     grid = band if cfg.trace.use_occupancy_grid else None
-    attach_base(model, shell, cfg.model.geometry, device)
-    if cfg.model.geometry.detail == "height_map":
-        attach_height_map(model, c.camera, norm, cfg.model.geometry.height_map_resolution, device)
     face_mask = raycast_mesh(c.vertices, c.faces, c.camera).mask
-    if cfg.model.rendering.albedo_resolution:
-        colors = torch.tensor(prep.image[face_mask], dtype=torch.float32, device=device)
-        attach_albedo_grid(model, c.camera, norm, cfg.model.rendering.albedo_resolution, colors)
+    colors = torch.tensor(prep.image[face_mask], dtype=torch.float32, device=device)
+    model = build_model(cfg.model, device, shell.sdf, c.camera, norm, colors)
     ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
     if cfg.stage2.skip_pigment:
         mm_per_px = float(np.median(world_to_camera_points(c.camera, c.vertices)[:, 2])) / c.camera.fx
@@ -151,9 +142,8 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
         seconds = dict(prep.seconds)
         t = time.perf_counter()
         st = build_state(prep, cfg, device)
-        pool = sample_point_pool(st.shell, POOL_BATCHES * cfg.stage1.batch_points,
-                                 tuple(s / st.norm.half_size for s in cfg.stage1.near_std_mm),
-                                 cfg.stage1.uniform_fraction, rng, device)
+        pool = sample_point_pool(st.shell, cfg.sdf_pool.size, tuple(s / st.norm.half_size for s in cfg.sdf_pool.near_std_mm),
+                                 cfg.sdf_pool.uniform_fraction, rng, device)
         pool = residual_targets(pool, st.model.geometry.base)
         seconds["setup"] = time.perf_counter() - t
         raise_if_interrupted()
@@ -194,8 +184,7 @@ def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, save
                          _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
                          lambda step: _write_snapshot(out, st, cfg, step), run=cfg.run,
                          resume=saved if stage == "stage2" else None,
-                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}),
-                         anneal_from=cfg.stage1.active_frequencies)
+                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}))
     except DivergenceError as exc:
         log.error("%s", exc)
         failed = {**exc.stats, "diverged": True}
@@ -244,7 +233,7 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
     # only a height map bounds the detail: a residual MLP trained in stage 2 may cross zero anywhere
     base, band = st.model.geometry.base, cfg.mesh.detail_band_mm / st.norm.half_size
-    bounded = base is not None and cfg.model.geometry.detail == "height_map" and band > 0
+    bounded = base is not None and cfg.model.detail == "height_map" and band > 0
     coarse = Coarse(base, band) if bounded else None
     verts, faces = extract_face_mesh(st.model.sdf, st.norm, st.mesh_band, cfg.mesh.resolution, prep.coarse.camera,
                                      st.face_mask, st.device, cfg.mesh.chunk_points, coarse)
@@ -293,7 +282,7 @@ def make_summary(cfg: FitConfig, st: FitState, s1: dict, s2: dict, seconds: dict
         "seconds": seconds,
         "stage1": s1,
         "stage2": s2,
-        "light": st.model.rendering.light.summary() if st.model.rendering.light is not None else None,
+        "light": st.model.appearance.light.summary() if st.model.appearance.light is not None else None,
         "outputs": outputs,
         "peak_memory_mb": peak_memory_mb(st.device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},

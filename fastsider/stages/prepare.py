@@ -16,7 +16,13 @@ from fastsider.face.default_model import build_default_coarse, orient_towards_ca
 from fastsider.face.landmarks import detect_landmarks, face_box_size, load_landmarks
 from fastsider.face.types import CoarseFace
 from fastsider.io import (
-    EXAMPLE_NAME, CropTransform, apply_crop, load_example, load_image, load_mesh, square_crop_around,
+    EXAMPLE_NAME,
+    CropTransform,
+    apply_crop,
+    load_example,
+    load_image,
+    load_mesh,
+    square_crop_around,
 )
 
 log = logging.getLogger(__name__)

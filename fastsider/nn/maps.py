@@ -1,7 +1,7 @@
-"""Fields over the photo's pixels: detail as a height map, albedo as a coarse colour grid.
+"""Maps over the photo's pixels: detail as a height map, albedo as a coarse colour map.
 
 One photo constrains one depth per pixel, so the detail stage may as well optimize exactly that: a
-displacement h (mm, towards the camera) on a grid over the working crop, read at the projection of
+displacement h (mm, towards the camera) on a map over the working crop, read at the projection of
 x and subtracted from the stage-1 SDF. Unlike an MLP on a frequency encoding it has no preferred
 axes (the MLP's residual grows axis-aligned stripes under a photometric loss), its resolution is
 the image's, and a smoothness prior on it is a plain image Laplacian.
@@ -9,9 +9,9 @@ the image's, and a smoothness prior on it is a plain image Laplacian.
 The subtraction shifts the zero level set by h along the SDF gradient, i.e. a displacement along
 the surface normal, exact for |grad f| = 1 and an h that varies slowly over h's own size.
 Bilinear interpolation is written out (4 gathers) so that the normal has a derivative of its own
-(implicit differentiation, eikonal term); h is zero outside the grid.
+(implicit differentiation, eikonal term); h is zero outside the map.
 
-The albedo grid is the same projection with a few cells per side: albedo that cannot vary faster
+The albedo map is the same projection with a few cells per side: albedo that cannot vary faster
 than its cells cannot explain a wrinkle's shading, which is then left to h (the frequency split
 that separates skin blotches from folds).
 """
@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastsider.camera import Camera
-from fastsider.sdf.shell import Normalization
+from fastsider.camera import Camera, Normalization
 
 
 def bilinear(values: Tensor, g: Tensor) -> Tensor:
@@ -65,7 +64,7 @@ def cubic_bspline(values: Tensor, g: Tensor) -> Tensor:
 
     A smoothing spline, not an interpolating one: it reproduces constant and linear grids exactly
     and is C2 everywhere, so unlike bilinear cells it leaves no kinks along the cell lines for a
-    photometric fit to explain with something else. The albedo grid reads it through its table
+    photometric fit to explain with something else. The albedo map reads it through its table
     (:func:`bspline_matrix`); this direct read at any point is the definition the table is tested against.
     """
     r = values.shape[-1]
@@ -98,26 +97,26 @@ def bspline_matrix(coords: Tensor, r: int) -> Tensor:
     return m
 
 
-class CropGrid(torch.nn.Module):
-    """A [C, R, R] parameter grid spanning the working crop of ``camera``, read at projected points.
+class ImageMap(torch.nn.Module):
+    """A [C, R, R] parameter map spanning the working crop of ``camera``, read at projected points.
 
     Args:
         camera: the working-crop camera (camera frame = the mm frame of ``norm``).
         norm: the unit box of the networks.
-        resolution: grid samples per side; the crop's size gives one sample per pixel.
+        resolution: samples per side; the crop's size gives one sample per pixel.
         init: [C] initial value of every cell.
     """
 
     def __init__(self, camera: Camera, norm: Normalization, resolution: int, init: Tensor):
         super().__init__()
         if resolution < 2:
-            raise ValueError(f"image grid resolution must be >= 2, got {resolution}")
+            raise ValueError(f"image map resolution must be >= 2, got {resolution}")
         if camera.width != camera.height:
             raise ValueError(f"the working crop is square; got {camera.width}x{camera.height}")
         self.values = torch.nn.Parameter(init.float().view(-1, 1, 1).repeat(1, resolution, resolution))
-        # the grid seen as an image: its sample centres spread evenly over the crop's pixel extent
+        # the map seen as an image: its sample centres spread evenly over the crop's pixel extent
         s = resolution / camera.width
-        self.grid_camera = camera.transformed(s, 0.5 * s - 0.5, 0.5 * s - 0.5, resolution, resolution)
+        self.map_camera = camera.transformed(s, 0.5 * s - 0.5, 0.5 * s - 0.5, resolution, resolution)
         self.centre = tuple(float(c) for c in np.asarray(norm.centre))
         self.half_size = float(norm.half_size)
 
@@ -125,16 +124,16 @@ class CropGrid(torch.nn.Module):
     def resolution(self) -> int:
         return self.values.shape[-1]
 
-    def grid_coordinates(self, x: Tensor) -> Tensor:
-        """Unit-box points [n, 3] -> (col, row) grid coordinates [n, 2] of their projection."""
+    def map_coordinates(self, x: Tensor) -> Tensor:
+        """Unit-box points [n, 3] -> (col, row) map coordinates [n, 2] of their projection."""
         p = x * self.half_size + torch.tensor(self.centre, dtype=x.dtype, device=x.device)  # mm, camera frame
         z = p[:, 2].clamp_min(1e-6)
-        c = self.grid_camera
+        c = self.map_camera
         return torch.stack([c.fx * p[:, 0] / z + c.cx, c.fy * p[:, 1] / z + c.cy], dim=-1)
 
 
-class HeightMap(CropGrid):
-    """h (mm) on a [R, R] grid over the working crop; ``values`` [1, R, R], zero outside.
+class HeightMap(ImageMap):
+    """h (mm) on a [R, R] map over the working crop; ``values`` [1, R, R], zero outside.
 
     ``prior_weight`` [R, R] scales the sparsity and TV priors per cell (ones until stage 2 debiases;
     a buffer, so checkpoints keep it).
@@ -150,14 +149,14 @@ class HeightMap(CropGrid):
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> h [n] in unit-box units; differentiable w.r.t. x and the values."""
-        return bilinear(self.values, self.grid_coordinates(x))[:, 0].to(x.dtype) / self.half_size
+        return bilinear(self.values, self.map_coordinates(x))[:, 0].to(x.dtype) / self.half_size
 
 
 SPLINE_TABLE_STEPS = 4  # samples per albedo cell of the tabulated spline
 
 
-class AlbedoGrid(CropGrid):
-    """RGB albedo = exp(grid) on a coarse [R, R] grid over the working crop (log: positive, and
+class AlbedoMap(ImageMap):
+    """RGB albedo = exp(values) on a coarse [R, R] map over the working crop (log: positive, and
     multiplicative changes cost the same in dark and bright skin), read as a cubic B-spline; the
     edge value outside. Bilinear cells left a periodic residual that the height map copied as
     noise (25% more noise outside the wrinkles at the same wrinkle depth, synthetic case 0)."""
@@ -167,7 +166,7 @@ class AlbedoGrid(CropGrid):
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> albedo [n, 3] (no derivative w.r.t. x is needed: it is not geometry)."""
-        g = self.grid_coordinates(x.detach()) * SPLINE_TABLE_STEPS
+        g = self.map_coordinates(x.detach()) * SPLINE_TABLE_STEPS
         return torch.exp(bilinear_border(self.spline_table(), g)).to(x.dtype)
 
     def spline_table(self) -> Tensor:
@@ -177,50 +176,3 @@ class AlbedoGrid(CropGrid):
         at = torch.arange(k * (r - 1) + 1, dtype=self.values.dtype, device=self.values.device) / k
         m = bspline_matrix(at, r)  # rows and columns sample alike
         return m @ self.values @ m.T
-
-
-def total_variation(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Mean absolute difference between neighbouring cells of a [R, R] map, rows plus columns (its
-    units per cell): the noise prior. A fold costs its depth x its length whatever its width, as its
-    shading gives; a speck of freckle-sized noise costs its rim, far more than its area (the L1).
-
-    ``weight`` [R, R]: per-cell factors; a difference takes the smaller of its two cells'.
-    """
-    d_rows, d_cols = (values[1:, :] - values[:-1, :]).abs(), (values[:, 1:] - values[:, :-1]).abs()
-    if weight is not None:
-        d_rows = d_rows * torch.minimum(weight[1:, :], weight[:-1, :])
-        d_cols = d_cols * torch.minimum(weight[:, 1:], weight[:, :-1])
-    return d_rows.mean() + d_cols.mean()
-
-
-def debias_weight(values: Tensor, threshold: float, grow_cells: int) -> Tensor:
-    """[R, R] prior weights for the end of stage 2: 0 on the details found so far (|h| > ``threshold``,
-    grown by ``grow_cells`` cells, a square), 1 elsewhere.
-
-    Sparsity and TV priors shrink every detail they keep by a roughly constant amount (soft
-    thresholding); lifting them where the detail is, as the relaxed lasso does, gives the depth back
-    while the noise elsewhere stays held (synthetic tuning cases: the wrinkles' h error -24% -> -33%
-    against the coarse input).
-    """
-    found = (values.detach().abs() > threshold).to(values.dtype)[None, None]
-    if grow_cells > 0:
-        found = torch.nn.functional.max_pool2d(found, 2 * grow_cells + 1, stride=1, padding=grow_cells)
-    return 1.0 - found[0, 0]
-
-
-def log_sparsity(values: Tensor, scale: float, weight: Tensor | None = None) -> Tensor:
-    """Mean of scale * log(1 + |h| / scale) over a [R, R] map (its units): the anchor to the coarse
-    surface. Below ``scale`` it is the L1 (the paper's SDF term on a height map), above it grows as
-    the log: a wrinkle is sparse, and a deep fold costs little more than a shallow one, while the
-    wide shallow sheets by which h would copy albedo it cannot tell from shading cost their area.
-
-    ``weight`` [R, R]: per-cell factors.
-    """
-    cost = scale * torch.log1p(values.abs() / scale)
-    return (cost if weight is None else weight * cost).mean()
-
-
-def laplacian_energy(values: Tensor) -> Tensor:
-    """mean squared 5-point Laplacian of a [R, R] map (its units squared): the smoothness prior."""
-    lap = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1] - 4.0 * values[1:-1, 1:-1])
-    return (lap**2).mean()

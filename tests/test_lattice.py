@@ -1,17 +1,16 @@
-"""The coarse-SDF lattice (model.geometry.base = "coarse_grid") against an analytic sphere, and the
-residual geometry net built on it."""
+"""The coarse-SDF lattice (model.sdf = "lattice") against an analytic sphere, and the residual
+geometry MLP built on it."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from fastsider.config import CoarseStageConfig, ModelConfig
-from fastsider.nn.fields import SiderModel
-from fastsider.sdf.base_grid import EXACT_CELLS, SdfLattice, build_sdf_lattice, lattice_points
+from fastsider.config import CoarseStageConfig, GeometryMLPConfig
+from fastsider.nn.fields import Appearance, Geometry, GeometryMLP, SiderModel
+from fastsider.nn.shading import SphericalHarmonicsShading
+from fastsider.sdf.lattice import EXACT_CELLS, SdfLattice, build_sdf_lattice, lattice_points
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 from fastsider.stages.coarse_sdf import PointPool, fit_coarse_sdf, residual_targets
 
@@ -86,8 +85,13 @@ def test_sphere_tracer_hits_the_lattice_sphere(lattice):
 
 def test_residual_net_starts_as_the_base_and_learns(lattice):
     """f == base at the start, stage 1 is skipped, and the residual still receives gradients."""
-    model = SiderModel(ModelConfig(), "torch")
-    model.geometry.set_base(lattice)
+    mlp = GeometryMLP(GeometryMLPConfig(), "torch")
+    with torch.no_grad():  # as fastsider.model does for a torch residual
+        mlp.net.layers[-1].weight[0].zero_()
+        mlp.net.layers[-1].bias[0].zero_()
+    albedo = lambda p: torch.ones_like(p)  # noqa: E731, stage 1 does not render
+    model = SiderModel(Geometry(lattice, mlp, None), Appearance(None, SphericalHarmonicsShading(), albedo),
+                       "torch", "autograd", 1e-3)
     x = near_sphere_points(4096, 0.1).float()
     torch.testing.assert_close(model.sdf(x).detach(), lattice(x), atol=0, rtol=0)
 
@@ -106,10 +110,8 @@ def test_residual_net_starts_as_the_base_and_learns(lattice):
     assert (model.sdf(x).detach() - target).abs().mean() < 0.003
 
 
-def test_reference_preset_has_no_base():
+def test_reference_preset_has_no_lattice():
     from fastsider.config import load_config
 
-    assert load_config("reference").model.geometry.base == "none"
-    cfg = ModelConfig()
-    model = SiderModel(replace(cfg, geometry=replace(cfg.geometry, base="coarse_grid")), "torch")
-    assert model.geometry.base is None  # attached by the fit (it needs the coarse mesh), not by the net
+    assert load_config("reference").model.sdf == "mlp"
+    assert load_config("fast").model.sdf == "lattice"

@@ -1,9 +1,7 @@
-"""The coarse SDF as a dense lattice, interpolated trilinearly: the fixed base of a residual geometry net.
+"""The coarse SDF as a dense lattice, interpolated trilinearly (``model.sdf = "lattice"``).
 
-With ``model.geometry.base = "coarse_grid"`` the geometry net is f(x) = base(x) + mlp(x), the MLP's
-SDF output starting at zero. Stage 1 is then exact from the first step (a tiny MLP alone fits a face
-to ~0.06 mm, ten times the coarse mesh's own error), and stage 2 spends the MLP's capacity on the
-details only.
+The geometry is then exact from the start, with no stage-1 steps (a tiny MLP alone fits a face
+to ~0.06 mm, ten times the coarse mesh's own error); a residual geometry MLP on it starts at zero.
 
 The lattice covers the normalized box [-1, 1]^3 with ``resolution`` samples per axis (corners on
 the box faces). Exact distances are computed only next to the surface, cheaper stand-ins farther
