@@ -1,4 +1,5 @@
-"""Shared fixtures: the example photo and its landmarks, detected once per test session."""
+"""Shared fixtures: the example photo and its landmarks (detected once per test session), the device
+a test runs on (CPU, and CUDA where there is one), and the seed."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def example_files(tmp_path_factory, example_rgb, example_landmarks):
     iio.imwrite(d / "face.png", example_rgb)
     np.save(d / "landmarks.npy", example_landmarks)
     return d / "face.png", d / "landmarks.npy"
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def device(request) -> str:
+    """The device of a test that runs on both: "cpu", and "cuda" (skipped without a CUDA device)."""
+    return request.param
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,22 @@
-"""Small synthetic scenes with known geometry, for the stage tests (no photo, no detector)."""
+"""Small synthetic scenes with known geometry (no photo, no detector): a height-field patch and a
+bump on a dome for the stages; a 64 px camera on a box 600 mm away for the maps, the meshing and
+the render; a sphere in the unit box and its camera rays for tracing and the occupancy grid."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+import torch
 import trimesh
 
-from fastsider.camera import Camera
+from fastsider.camera import Camera, Normalization
 from fastsider.pictures import raycast_mesh
+
+# a 64 px crop's camera looking at a 120 mm box 600 mm away (the maps over it and the render)
+SIZE = 64
+CAMERA = Camera(SIZE, SIZE, fx=320.0, fy=320.0, cx=(SIZE - 1) / 2, cy=(SIZE - 1) / 2)
+NORM = Normalization(centre=np.array([0.0, 0.0, 600.0]), half_size=60.0)  # a 120 mm box 600 mm away
 
 LIGHT = np.array([0.6, -0.5, -0.62]) / np.linalg.norm([0.6, -0.5, -0.62])  # towards the light, camera frame
 ALBEDO = 0.75
@@ -65,3 +73,37 @@ def bump_depth_error_mm(model, rays, norm, trace, scene: BumpScene) -> float:
     depth = np.full(scene.true_depth.shape, np.nan)
     depth[pix[:, 1], pix[:, 0]] = norm.to_mm(r.points.numpy())[:, 2]
     return float(np.nanmean(np.abs(depth - scene.true_depth)[scene.bump_region]))
+
+
+# a sphere in the unit box, seen from (0, 0, -3) (tracing and the occupancy grid)
+CENTRE = (0.1, -0.05, 0.2)
+RADIUS = 0.5
+GRAZE = 0.02          # rays whose closest approach is within this of a sheet's radius are
+                      # left out of mask/depth checks: near-tangent rays converge slowly and
+                      # "hit or miss" is decided by hit_eps, not by geometry
+TRACE = dict(max_steps=128, hit_eps=1e-5, secant_steps=8)
+
+
+def camera_rays(device, n=48, half_fov=0.3, dtype=torch.float32):
+    """Pinhole at (0, 0, -3) looking down +z; n x n unit directions."""
+    u = torch.linspace(-half_fov, half_fov, n, dtype=dtype, device=device)
+    uu, vv = torch.meshgrid(u, u, indexing="xy")
+    dirs = torch.stack([uu, vv, torch.ones_like(uu)], -1).view(-1, 3)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    origins = torch.tensor([0.0, 0.0, -3.0], dtype=dtype, device=device).expand_as(dirs)
+    return origins.contiguous(), dirs
+
+
+def sphere_sdf(centre, radius, scale=1.0):
+    def f(x):
+        return scale * ((x - x.new_tensor(centre)).norm(dim=-1) - radius)
+    return f
+
+
+def sphere_depth(origins, dirs, centre, radius):
+    """Closed-form first hit t (nan on misses) and closest-approach distance of each ray."""
+    oc = origins - origins.new_tensor(centre)
+    b = (oc * dirs).sum(-1)
+    closest = (oc.pow(2).sum(-1) - b * b).clamp_min(0).sqrt()
+    disc = b * b - (oc.pow(2).sum(-1) - radius**2)
+    return -b - disc.sqrt(), closest

@@ -6,18 +6,18 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from fastsider.cli import main
-from fit_helpers import TINY_FIT
+from fit_helpers import TINY_FIT, set_flags
 
 
 def _batch_argv(inp, out, *extra):
     argv = ["batch", str(inp), "--out", str(out), "--seed", "1", *extra]
-    for t in (*TINY_FIT, "stage1.iterations=100", "stage2.iterations=2"):
-        argv += ["--set", t]
-    return argv
+    return argv + set_flags(*TINY_FIT, "stage1.iterations=100", "stage2.iterations=2")
 
 
+@pytest.mark.slow  # three batch runs of whole fits
 def test_batch_records_a_bad_photo_finishes_the_rest_and_reruns_for_free(tmp_path, example_files, monkeypatch,
                                                                         capsys):
     photo, _ = example_files

@@ -1,4 +1,4 @@
-"""`fastsider bench`: the evaluation against ground truth, and a tiny end-to-end run."""
+"""`fastsider bench` (fastsider.eval.bench): the evaluation against ground truth, and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 
 from fastsider.cli import main
 from fastsider.eval.bench import evaluate_fit
-from fit_helpers import TINY_FIT
+from fit_helpers import TINY_FIT, set_flags
+
+pytestmark = pytest.mark.slow  # a synthetic case (~5 s) and ~5 s per evaluation; the bench run
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,7 @@ def test_depth_recovered_reads_a_half_depth_mesh_as_half(case_dir, tmp_path):
 def test_bench_command_writes_a_report(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "--cases", "1", "--case-seed", "7", "--out", str(out)]
-    for t in (*TINY_FIT, "image.resolution=128"):
-        argv += ["--set", t]
+    argv += set_flags(*TINY_FIT, "image.resolution=128")
     assert main(argv) == 0
     data = json.loads((out / "bench_report.json").read_text())
     case = data["cases"][0]

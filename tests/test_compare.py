@@ -19,7 +19,7 @@ from fastsider.config import load_config
 from fastsider.eval.compare import TIME_BUDGET_ITERATIONS, CompareRequest, parse_progress, preset_overrides
 from fastsider.eval.compare_metrics import FAST, REFERENCE, mesh_distance, preset_speed, quality, speedups
 from fastsider.eval.compare_report import speed_rows
-from fit_helpers import TINY_FIT
+from fit_helpers import TINY_FIT, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "compare_to_reference.py"
@@ -189,14 +189,13 @@ def smoke_report(tmp_path_factory, example_files):
     photo, landmarks = example_files
     out = tmp_path_factory.mktemp("compare") / "report"
     argv = [str(photo), "--landmarks", str(landmarks), "--out", str(out), "--budget", "iterations",
-            "--stage1-iterations", "20", "--stage2-iterations", "2", "--seed", "1"]
-    for t in SMOKE:
-        argv += ["--set", t]
+            "--stage1-iterations", "20", "--stage2-iterations", "2", "--seed", "1", *set_flags(*SMOKE)]
     proc = run_tool(*argv)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return out, proc
 
 
+@pytest.mark.slow  # the whole tool: coarse fit, both presets, report
 def test_tool_end_to_end(smoke_report):
     out, proc = smoke_report
     for name in ("report.md", "report.json", "comparison.png", "fast/mesh.ply", "reference/mesh.ply",
@@ -219,6 +218,7 @@ def test_tool_end_to_end(smoke_report):
     assert "fastsider vs reference: speed" in proc.stderr  # the terminal table
 
 
+@pytest.mark.slow  # the tool again, up to the reference's fit
 def test_failing_fit_is_named_in_one_line(smoke_report, tmp_path):
     """A fit that fails (an explicit tcnn backend on a CPU: the reference's MLPs; the fast preset has
     none and only warns) stops the tool with the preset and the reason."""

@@ -108,10 +108,3 @@ def test_residual_net_starts_as_the_base_and_learns(lattice):
         (model.sdf(x) - target).abs().mean().backward()
         opt.step()
     assert (model.sdf(x).detach() - target).abs().mean() < 0.003
-
-
-def test_reference_preset_has_no_lattice():
-    from fastsider.config import load_config
-
-    assert load_config("reference").model.sdf == "mlp"
-    assert load_config("fast").model.sdf == "lattice"

@@ -1,10 +1,9 @@
-"""Pigment spots are found by their colour shift; shading (grey) and highlights (white) are not."""
+"""Pigment spots (fastsider.face.pigment) are found by their colour shift; shading (grey) and
+highlights (white) are not."""
 
 import numpy as np
-import pytest
 
 from fastsider.face.pigment import pigment_mask, pigment_score
-from fastsider.stages.loop import Schedule
 
 MM_PER_PX = 0.4
 SIZE = 200
@@ -59,16 +58,3 @@ def test_image_without_pigment_gives_few_masked_pixels_and_none_outside_the_face
     assert pigment_mask(image, face, MM_PER_PX, threshold=5.0).sum() == 0
     assert not (mask & ~face).any()
     assert not pigment_mask(image, np.zeros_like(face), MM_PER_PX, 3.0).any()
-
-
-@pytest.mark.parametrize("decay_steps", [0, 200])
-def test_schedule_decays_to_lr_times_decay_over_its_last_steps(decay_steps):
-    s = Schedule("s", 600, 2.0, lr_decay=0.1, decay_steps=decay_steps)
-    assert s.lr_at(0, 1.0) == pytest.approx(2.0)
-    assert s.lr_at(600, 1.0) == pytest.approx(0.2)
-    assert s.lr_at(600, 0.5) == pytest.approx(0.1)
-    if decay_steps:
-        assert s.lr_at(400, 1.0) == pytest.approx(2.0)
-        assert s.lr_at(500, 1.0) == pytest.approx(2.0 * 0.1 ** 0.5)
-    else:
-        assert s.lr_at(300, 1.0) == pytest.approx(2.0 * 0.1 ** 0.5)

@@ -1,4 +1,6 @@
-"""Runs that survive: divergence rollback, determinism, kill/Ctrl-C and resume, refused checkpoints."""
+"""`fastsider fit` runs that survive: determinism, kill/Ctrl-C and resume, refused checkpoints, a NaN
+rolled back and persistent divergence stopped with the last good mesh (real runs, subprocesses
+and signals; the loop's own guard is tests/test_loop.py)."""
 
 from __future__ import annotations
 
@@ -13,74 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 from fastsider.cli import main
-from fastsider.config import RunConfig
 from fastsider.stages.fit import PARTIAL_DIR, checkpoint_file
-from fastsider.stages.loop import DivergenceError, Schedule, deterministic_algorithms, optimize
-from fit_helpers import fit_argv
+from fit_helpers import fit_argv, mesh_vertices
 
-# --------------------------------------------------------------------------------------------
-# divergence guard on a toy least-squares problem (the loop is the same one both stages use)
-
-
-def _toy_problem(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(256, 4, generator=g)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    model = torch.nn.Linear(4, 1)
-    return model, x, y, torch.Generator().manual_seed(seed)
-
-
-def _loss_fn(model, x, y, gen, poison: dict[int, float]):
-    """Batch MSE; on call number k in ``poison`` the loss is multiplied by poison[k] (NaN, 1e6 ...)."""
-    calls = {"n": 0}
-
-    def fn():
-        idx = torch.randint(len(x), (32,), generator=gen)
-        loss = ((model(x[idx])[:, 0] - y[idx]) ** 2).mean()
-        factor = poison.get(calls["n"], 1.0)
-        calls["n"] += 1
-        return {"loss": loss * factor}
-    return fn
-
-
-@pytest.mark.parametrize("poison", [float("nan"), float("inf"), 1e6])
-def test_a_bad_step_is_rolled_back_and_training_finishes(poison):
-    run = RunConfig(guard_every=5, max_rollbacks=2)
-    model, x, y, gen = _toy_problem()
-    stats = optimize(model, list(model.parameters()), _loss_fn(model, x, y, gen, {23: poison}),
-                     Schedule("toy", 600, 0.05), run, gen)
-    assert stats["rollbacks"] == 1
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    # the problem is still solved: weights recover the true ones
-    assert torch.allclose(model.weight[0], torch.tensor([1.0, -2.0, 0.5, 3.0]), atol=0.05)
-
-
-def test_persistent_divergence_stops_with_the_last_good_state():
-    run = RunConfig(guard_every=5, max_rollbacks=2)
-    model, x, y, gen = _toy_problem()
-    saved = {}
-
-    def remember(step):  # the guard's last good state is the one at the last multiple of 5
-        if step % 5 == 0:
-            saved[step] = [p.detach().clone() for p in model.parameters()]
-    fn = _loss_fn(model, x, y, gen, {k: float("nan") for k in range(12, 10_000)})
-    with pytest.raises(DivergenceError, match="gave up after 2 rollbacks"):
-        optimize(model, list(model.parameters()), fn, Schedule("toy", 100, 0.05), run, gen,
-                 on_snapshot=remember, snapshot_every=1)
-    for p, q in zip(model.parameters(), saved[10]):
-        assert torch.equal(p, q)
-
-
-# --------------------------------------------------------------------------------------------
-# determinism, resume after a kill, resume after Ctrl-C (real subprocesses and signals)
-
-
-
-def _mesh(path: Path) -> np.ndarray:
-    return np.asarray(trimesh.load(path, process=False).vertices)
+pytestmark = pytest.mark.slow  # whole fits
 
 
 def _start(argv: list[str]) -> subprocess.Popen:
@@ -115,34 +55,16 @@ def reference_run(tmp_path_factory, example_files):
 
 def _resume_and_compare(argv: list[str], out: Path, reference: Path) -> None:
     assert main(argv + ["--resume"]) == 0
-    np.testing.assert_allclose(_mesh(out / "mesh.ply"), _mesh(reference / "mesh.ply"), atol=1e-4)
+    np.testing.assert_allclose(mesh_vertices(out / "mesh.ply"), mesh_vertices(reference / "mesh.ply"), atol=1e-4)
 
 
 def test_same_seed_gives_identical_outputs(tmp_path, example_files, reference_run):
     photo, lmk = example_files
     ref = reference_run
     assert main(fit_argv(photo, lmk, tmp_path, *RESUMABLE)) == 0
-    assert np.array_equal(_mesh(ref / "mesh.ply"), _mesh(tmp_path / "mesh.ply"))
+    assert np.array_equal(mesh_vertices(ref / "mesh.ply"), mesh_vertices(tmp_path / "mesh.ply"))
     assert np.array_equal(np.load(ref / "depth.npy"), np.load(tmp_path / "depth.npy"))
     assert not (tmp_path / PARTIAL_DIR).exists()  # a finished run leaves no checkpoint behind
-
-
-@pytest.mark.parametrize("before", [(False, False), (True, False), (False, True)])
-def test_cpu_fits_run_deterministic_kernels_and_restore_the_mode(before):
-    """A gather's backward adds with atomics across threads on CPU unless deterministic mode is on:
-    a loaded machine then gave the same seed different meshes. The mode must not leak out."""
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-    try:
-        with pytest.raises(RuntimeError, match="inside"):
-            with deterministic_algorithms(torch.device("cpu")):
-                assert torch.are_deterministic_algorithms_enabled()
-                raise RuntimeError("inside")
-        assert (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled()) == before
-        with deterministic_algorithms(torch.device("meta")):  # not CPU: left as it was
-            assert torch.are_deterministic_algorithms_enabled() == before[0]
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 def test_a_cpu_fit_optimizes_in_deterministic_mode_and_leaves_it_as_it_was(tmp_path, example_files, monkeypatch):
@@ -226,7 +148,7 @@ def test_fit_with_an_injected_nan_rolls_back_and_finishes(tmp_path, example_file
     assert main(fit_argv(photo, lmk, tmp_path, "stage2.iterations=8", "run.guard_every=2")) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stage2"]["rollbacks"] == 1 and summary["diverged"] is None
-    assert np.isfinite(_mesh(tmp_path / "mesh.ply")).all()
+    assert np.isfinite(mesh_vertices(tmp_path / "mesh.ply")).all()
 
 
 def test_fit_that_keeps_diverging_stops_with_an_error_and_the_last_good_mesh(tmp_path, example_files,
@@ -239,5 +161,5 @@ def test_fit_that_keeps_diverging_stops_with_an_error_and_the_last_good_mesh(tmp
     assert len(err) == 1 and "stage 2 diverged" in err[0] and "last good state" in err[0]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["diverged"] and summary["stage2"]["diverged"]
-    mesh = _mesh(tmp_path / "mesh.ply")
+    mesh = mesh_vertices(tmp_path / "mesh.ply")
     assert len(mesh) > 100 and np.isfinite(mesh).all()

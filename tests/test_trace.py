@@ -1,59 +1,21 @@
-"""Sphere tracing, occupancy-grid skipping and IDR reattachment against closed forms."""
+"""Sphere tracing (fastsider.sdf.trace) and IDR reattachment against closed forms: a sphere, a plane,
+a thin shell, an over-estimating SDF, the box intersection and the implicit derivative of a hit."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastsider.sdf import _nerfacc
-from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.trace import MIN_COS, ray_aabb_intersect, reattach_hits, sphere_trace
+from synthetic_scenes import CENTRE, GRAZE, RADIUS, TRACE, camera_rays, sphere_depth, sphere_sdf
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-    ),
-]
-
-CENTRE = (0.1, -0.05, 0.2)
-RADIUS = 0.5
-SHELL = 0.02          # shell thickness eps, as SDF_GT = dist - eps/2
-GRAZE = 0.02          # rays whose closest approach is within this of a sheet's radius are
-                      # left out of mask/depth checks: near-tangent rays converge slowly and
-                      # "hit or miss" is decided by hit_eps, not by geometry
-TRACE = dict(max_steps=128, hit_eps=1e-5, secant_steps=8)
-
-
-def camera_rays(device, n=48, half_fov=0.3, dtype=torch.float32):
-    """Pinhole at (0, 0, -3) looking down +z; n x n unit directions."""
-    u = torch.linspace(-half_fov, half_fov, n, dtype=dtype, device=device)
-    uu, vv = torch.meshgrid(u, u, indexing="xy")
-    dirs = torch.stack([uu, vv, torch.ones_like(uu)], -1).view(-1, 3)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    origins = torch.tensor([0.0, 0.0, -3.0], dtype=dtype, device=device).expand_as(dirs)
-    return origins.contiguous(), dirs
-
-
-def sphere_sdf(centre, radius, scale=1.0):
-    def f(x):
-        return scale * ((x - x.new_tensor(centre)).norm(dim=-1) - radius)
-    return f
+SHELL = 0.02  # shell thickness eps, as SDF_GT = dist - eps/2
 
 
 def shell_sdf(centre, radius, eps, scale=1.0):
     def f(x):
         return scale * (((x - x.new_tensor(centre)).norm(dim=-1) - radius).abs() - eps / 2)
     return f
-
-
-def sphere_depth(origins, dirs, centre, radius):
-    """Closed-form first hit t (nan on misses) and closest-approach distance of each ray."""
-    oc = origins - origins.new_tensor(centre)
-    b = (oc * dirs).sum(-1)
-    closest = (oc.pow(2).sum(-1) - b * b).clamp_min(0).sqrt()
-    disc = b * b - (oc.pow(2).sum(-1) - radius**2)
-    return -b - disc.sqrt(), closest
 
 
 def box_trace(sdf, origins, dirs, **kw):
@@ -89,7 +51,6 @@ def test_ray_aabb_intersect_hand_values():
         ray_aabb_intersect(origins, dirs[:, :2])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_sphere_depth_and_misses(device):
     origins, dirs = camera_rays(device)
     res = box_trace(sphere_sdf(CENTRE, RADIUS), origins, dirs)
@@ -104,7 +65,6 @@ def test_sphere_depth_and_misses(device):
     torch.testing.assert_close(res.points, origins + res.t[:, None] * dirs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_plane_depth(device):
     origins, dirs = camera_rays(device, half_fov=0.45)
     normal = torch.tensor([0.1, -0.2, -1.0], device=device)
@@ -124,7 +84,6 @@ def test_plane_depth(device):
     assert (res.t[ok] - t_cf[ok]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_thin_shell_hits_outer_sheet(device):
     origins, dirs = camera_rays(device)
     res = box_trace(shell_sdf(CENTRE, RADIUS, SHELL), origins, dirs)
@@ -153,7 +112,6 @@ def test_trace_edge_cases():
     assert abs(sdf(res.points[2:]).item() - 0.2) < 1e-3
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_overshooting_sdf_is_refined(device):
     """f = 1.8 * (|x - c| - r) over-estimates distance: steps jump past the surface."""
     origins, dirs = camera_rays(device)
@@ -180,7 +138,6 @@ def test_overshooting_sdf_is_refined(device):
     assert (scanned.t[ok] - t_cf[ok]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_overshoot_through_thin_shell_caught_by_scan(device):
     """A 1.8x shell SDF jumps clean over the 0.02-thick front sheet; the scan finds it."""
     origins, dirs = camera_rays(device)
@@ -195,80 +152,6 @@ def test_overshoot_through_thin_shell_caught_by_scan(device):
     assert (res.t[ok] - t_outer[ok]).abs().max() < 1e-4
 
 
-def test_ray_segments_hand_grid():
-    occupied = torch.zeros(4, 4, 4, dtype=torch.bool)
-    occupied[1, 2, 2] = True  # x in [-0.5, 0], y in [0, 0.5], z in [0, 0.5]
-    grid = OccupancyGrid(occupied)
-    origins = torch.tensor([[-0.25, 0.25, -3.0], [0.75, 0.75, -3.0]])
-    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    box = ray_aabb_intersect(origins, dirs)
-    seg = grid.ray_segments(origins, dirs, box.t_near, box.t_far)
-    # samples every h/2 = 0.25; the cell's samples are z = 0.125, 0.375 (t = 3.125, 3.375);
-    # intervals [3.0, 3.5], padded by one spacing -> [2.75, 3.75]. Ray 2 sees no occupied cell.
-    assert seg.valid.tolist() == [True, False]
-    assert seg.t_start[0].item() == 2.75 and seg.t_end[0].item() == 3.75
-    assert grid.occupied_fraction() == 1 / 64
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_grid_occupancy_rule(device):
-    """band = 0: exactly the cells with |f(centre)| <= half diagonal, so every cell the
-    surface passes through (1-Lipschitz f) is occupied."""
-    torch.manual_seed(0)
-    sdf = sphere_sdf(CENTRE, RADIUS)
-    grid = OccupancyGrid.from_sdf(sdf, resolution=32, band=0.0, device=device)
-    h = 2.0 / 32
-    surface = torch.randn(20000, 3, device=device)
-    surface = surface / surface.norm(dim=-1, keepdim=True) * RADIUS + surface.new_tensor(CENTRE)
-    assert grid._lookup(surface).all()
-    axis = -1 + (torch.arange(32, device=device) + 0.5) * h
-    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
-    expect = sdf(centres.view(-1, 3)).abs().view(32, 32, 32) <= 3**0.5 / 2 * h
-    assert torch.equal(grid.occupied, expect)  # also pins the (x, y, z) index order
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_grid_skipping_matches_plain_tracing(device):
-    origins, dirs = camera_rays(device, half_fov=0.4)
-    sdf = sphere_sdf(CENTRE, RADIUS)
-    # band 0.05 >= h / 4 = 0.0078: every crossing is inside the segment (from_sdf docstring)
-    grid = OccupancyGrid.from_sdf(sdf, resolution=64, band=0.05, device=device)
-    assert 0.0 < grid.occupied_fraction() < 0.1
-    box = ray_aabb_intersect(origins, dirs)
-    seg = grid.ray_segments(origins, dirs, box.t_near, box.t_far)
-    plain = sphere_trace(sdf, origins, dirs, box.t_near, box.t_far, **TRACE)
-    skip = sphere_trace(sdf, origins, dirs, seg.t_start, seg.t_end, **TRACE)
-
-    _, closest = sphere_depth(origins, dirs, CENTRE, RADIUS)
-    clear = (closest - RADIUS).abs() > GRAZE
-    assert torch.equal(skip.hit[clear], plain.hit[clear])
-    assert torch.equal(seg.valid[plain.hit & clear], torch.ones_like(seg.valid[plain.hit & clear]))
-    both = plain.hit & skip.hit & clear
-    # both converge to the same root within hit_eps / cos; 1e-4 as for closed form
-    assert (skip.t[both] - plain.t[both]).abs().max() < 1e-4
-    seg_len = torch.where(seg.valid, seg.t_end - seg.t_start, 0.0)[box.valid].mean()
-    box_len = (box.t_far - box.t_near)[box.valid].mean()
-    # the sphere fills ~1/4 of the view: most box rays skip everything
-    assert seg_len < 0.5 * box_len, (seg_len, box_len)
-    # the skipped segment starts right at the surface: no ray starts behind its hit
-    assert (seg.t_start[both] <= plain.t[both] + 1e-6).all()
-
-
-def test_make_occupancy_grid_backends():
-    sdf = sphere_sdf(CENTRE, RADIUS)
-    assert make_occupancy_grid(sdf, 8, 0.1, backend="torch").backend == "torch"
-    auto = make_occupancy_grid(sdf, 8, 0.1, backend="auto", device="cpu")
-    assert auto.backend == "torch"  # nerfacc is CUDA-only
-    with pytest.raises(RuntimeError, match="nerfacc"):
-        make_occupancy_grid(sdf, 8, 0.1, backend="nerfacc", device="cpu")
-    with pytest.raises(RuntimeError, match="nerfacc"):
-        o = torch.zeros(1, 3)
-        _nerfacc.first_last_occupied(
-            auto.occupied, o, o, o[:, 0], o[:, 0], o[:, 0] == 0, 0.1, (-1.0, 1.0)
-        )
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_reattach_gradient_matches_finite_differences(device):
     """d(hit)/dr for f = |x - c| - r: autograd through reattach_hits vs re-tracing at r +- dr."""
     dtype = torch.float64  # FD of traced points needs trace error << dr
