@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=4, help="number of synthetic cases (default 4)")
     p.add_argument("--case-seed", type=int, default=0, help="seed of the first synthetic case")
     p.add_argument("--photos", type=Path, help="folder of real photos to time as well (no ground truth)")
+    p.add_argument("--renderer", default="simple",
+                   help="simple (the optimiser's own shading, exact coarse input), cycles (path-traced, "
+                        "realistic coarse input; needs the bench extra), or both: simple,cycles")
     p.add_argument("--out", type=Path, required=True, help="report folder (bench_report.md/.json, plots, cases, fits)")
+    _add_shared_options(p)
+
+    p = sub.add_parser("gallery", help="fit the real-photo gallery (licence-clear portraits): one picture to judge")
+    p.add_argument("--out", type=Path, required=True, help="folder: gallery.png, gallery.json, fits/<photo>/")
+    p.add_argument("--photos", default=None, help="comma-separated names (default all: astronaut, grace_hopper, "
+                                                  "biden, obama)")
     _add_shared_options(p)
 
     p = sub.add_parser("eval", help="score meshes against ground truth (NoW protocol)")
@@ -175,17 +184,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fastsider.eval.bench import TERMINAL_HEADERS, run_bench, terminal_rows, write_bench_report
+    import importlib.util
+
+    from fastsider.eval.bench import RENDERERS, run_bench
+    from fastsider.eval.bench_report import TERMINAL_HEADERS, terminal_rows, write_bench_report
     from fastsider.report import print_table
     from fastsider.stages.batch import find_images
 
     cfg = _load_cfg(args)
     if args.cases < 0:
         raise FastsiderError("--cases must be 0 or more")
+    renderers = tuple(dict.fromkeys(r.strip() for r in args.renderer.split(",")))
+    if not set(renderers) <= set(RENDERERS):
+        raise FastsiderError(f"--renderer {args.renderer!r}: choose from {', '.join(RENDERERS)} (comma-separated)")
+    if "cycles" in renderers and importlib.util.find_spec("bpy") is None:
+        raise FastsiderError("--renderer cycles needs Blender's bpy module: pip install -e \".[bench]\" (Python 3.11)")
     photos = find_images(args.photos) if args.photos is not None else None
     with _ProgressBars() as bars:
         result = run_bench(args.out, args.cases, args.case_seed, cfg, photos,
-                           progress=lambda what, i, n: bars.update("bench", i, n, {}))
+                           progress=lambda what, i, n: bars.update("bench", i, n, {}),
+                           renderers=renderers)
         bars.update("bench", args.cases, args.cases, {})
     data = write_bench_report(result, args.out)
     if result.cases:
@@ -239,7 +257,22 @@ class _ProgressBars:
         self.progress.stop()
 
 
-COMMANDS = {"coarse": cmd_coarse, "fit": cmd_fit, "batch": cmd_batch, "bench": cmd_bench, "eval": cmd_eval}
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from fastsider.eval.gallery import PHOTOS, run_gallery
+
+    cfg = _load_cfg(args)
+    names = tuple(n.strip() for n in args.photos.split(",")) if args.photos else None
+    known = {p.name for p in PHOTOS}
+    if names is not None and not set(names) <= known:
+        raise FastsiderError(f"--photos: unknown {sorted(set(names) - known)}; known: {sorted(known)}")
+    with _ProgressBars() as bars:
+        picture = run_gallery(args.out, cfg, names, progress=lambda what, i, n: bars.update("gallery", i, n, {}))
+    log.info("gallery -> %s", picture)
+    return 0
+
+
+COMMANDS = {"coarse": cmd_coarse, "fit": cmd_fit, "batch": cmd_batch, "bench": cmd_bench, "gallery": cmd_gallery,
+            "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -256,3 +256,15 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     if not np.all(np.isfinite(mesh.vertices)):
         raise InputError(f"mesh {p} has non-finite vertices")
     return mesh
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """The sRGB tone curve of a camera's output, linear [0, 1] -> encoded [0, 1]."""
+    x = np.clip(linear, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def srgb_decode(encoded: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`srgb_encode`: display-referred colours [0, 1] -> linear reflectance."""
+    x = np.clip(encoded, 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4))

@@ -18,7 +18,7 @@ import torch
 
 from fastsider.camera import Camera, Normalization
 from fastsider.config import ModelConfig
-from fastsider.nn.fields import Appearance, Geometry, GeometryMLP, RenderingMLP, ResidualGain, SiderModel
+from fastsider.nn.fields import Appearance, Geometry, GeometryMLP, RenderingMLP, SiderModel
 from fastsider.nn.maps import AlbedoMap, HeightMap
 from fastsider.nn.mlp import resolve_backend
 from fastsider.nn.shading import DirectionalShading, SphericalHarmonicsShading
@@ -37,7 +37,9 @@ def build_model(cfg: ModelConfig, device: torch.device, coarse_sdf: Callable[[np
         camera, norm: the working crop's camera and the unit box; for the maps over the crop.
         face_colors: [n, 3] the face pixels' colours; the albedo map starts at their mean.
     """
-    backend = resolve_backend(cfg.backend, device) if cfg.has_geometry_mlp or cfg.has_rendering_mlp else "none"
+    networks = ((cfg.geometry_mlp.network,) if cfg.has_geometry_mlp else ()) + \
+        ((cfg.rendering_mlp.network,) if cfg.has_rendering_mlp else ())
+    backend = resolve_backend(cfg.backend, device, networks) if networks else "none"
     geometry = build_geometry(cfg, backend, device, coarse_sdf, camera, norm)
     appearance = build_appearance(cfg, backend, geometry.feature_dim, camera, norm, face_colors)
     normal_mode = "finite_difference" if backend == "tcnn" else cfg.normals
@@ -46,22 +48,16 @@ def build_model(cfg: ModelConfig, device: torch.device, coarse_sdf: Callable[[np
     return SiderModel(geometry, appearance, backend, normal_mode, cfg.fd_eps).to(device)
 
 
-def build_geometry(cfg: ModelConfig, backend: str, device: torch.device, coarse_sdf=None,
+def build_geometry(cfg: ModelConfig, backend: str, device: torch.device,
+                   coarse_sdf: Callable[[np.ndarray], np.ndarray] | None = None,
                    camera: Camera | None = None, norm: Normalization | None = None) -> Geometry:
     base = None
     if cfg.sdf == "lattice":
         if coarse_sdf is None:
             raise ValueError("model.sdf = 'lattice' needs the coarse SDF to sample")
         base = build_sdf_lattice(coarse_sdf, cfg.lattice.resolution, device)
-    mlp, gain = (GeometryMLP(cfg.geometry_mlp, backend), None) if cfg.has_geometry_mlp else (None, None)
-    if base is not None and mlp is not None:
-        layers = getattr(mlp.net, "layers", None)
-        if layers is not None:  # torch: zero the SDF row of the last layer, f == base exactly
-            with torch.no_grad():
-                layers[-1].weight[0].zero_()
-                layers[-1].bias[0].zero_()
-        else:  # tcnn's weights are one flat buffer: a gain at 0 does it
-            gain = ResidualGain()
+    mlp = GeometryMLP(cfg.geometry_mlp, backend) if cfg.has_geometry_mlp else None
+    gain = mlp.start_as_residual() if base is not None and mlp is not None else None  # f == base at the start
     height = None
     if cfg.detail == "height_map":
         if camera is None or norm is None:

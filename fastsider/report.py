@@ -82,3 +82,26 @@ def image_panel(images: Sequence[tuple[str, np.ndarray]], path: Path, title: str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: Path, cell_in: float = 3.0) -> None:
+    """Rows of labelled RGB pictures ([H, W, 3] in [0, 1] or uint8), each row titled: one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(cell_in * n_cols, cell_in * len(rows) + 0.3), dpi=110,
+                             squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(images):
+                label, img = images[c]
+                ax.imshow(img)
+                ax.set_title(f"{title}: {label}" if c == 0 else label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -37,7 +37,9 @@ class ImageConfig:
 class DefaultModelConfig:
     ipd_mm: float = 63.0           # mean adult inter-pupillary distance (Dodgson 2004: 63.4 mm)
     focal_factor: float = 4.0      # working focal length = focal_factor * resolution (px); ~14 deg FOV
-    subdivisions: int = 1          # loop subdivisions of the 468-point face mesh
+    subdivisions: int = 3          # Loop subdivisions of the 468-point face mesh: at 3 (~1 mm edges, 29k
+                                   # vertices) its limit surface is smooth; at 1 its triangles showed in
+                                   # normals.png and were carved into every detailed mesh
     smooth_iterations: int = 5     # Taubin smoothing passes after subdivision
 
 
@@ -179,8 +181,6 @@ class ModelConfig:
         return self.shading == "mlp" or self.albedo == "mlp"
 
     def __post_init__(self) -> None:
-        if self.shading != "mlp" and not self.rendering_mlp.use_normal:
-            raise ConfigError(f"model.shading = {self.shading!r} needs model.rendering_mlp.use_normal = true")
         if self.rendering_mlp.use_feature and self.has_rendering_mlp and not self.has_geometry_mlp:
             raise ConfigError("model.rendering_mlp.use_feature needs a geometry MLP (model.sdf or model.detail 'mlp')")
 
@@ -251,6 +251,8 @@ class HeightMapDetailConfig:
                                        # s, a log above: a deep fold costs little more than a shallow one, a
                                        # wide sheet of noise its area
     sparsity_mm: float = 0.01          # s, where the prior turns from L1 to log
+    scatter_mm: float = 0.0            # the rendered colour is blurred by a Gaussian of this sigma on the skin
+                                       # (subsurface scattering) before the photometric loss; 0: sharp
     debias_steps: int = 200            # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
@@ -361,7 +363,8 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
         out["model.backend"] = "there is no MLP to implement"
     if m.sdf != "lattice":
         out["model.lattice"] = "model.sdf is not 'lattice'"
-        out["mesh.detail_band_mm"] = "only a lattice bounds where the SDF can change"
+    if m.sdf != "lattice" or m.detail != "height_map":
+        out["mesh.detail_band_mm"] = "only a height map on the lattice bounds where the SDF can change"
     if m.detail != "height_map":
         out["model.height_map"] = out["stage2.height_map"] = "model.detail is not 'height_map'"
     if m.detail != "mlp":
@@ -371,7 +374,9 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
     elif m.albedo != "map":
         out["model.albedo_map"] = "model.albedo is not 'map'"
     if m.shading != "albedo_directional":
-        out["model.light"] = "model.shading is not 'albedo_directional'"
+        out["model.light"] = out["stage2.height_map.light_warmup_steps"] = "model.shading is not 'albedo_directional'"
+    if cfg.stage2.lr_decay == 1.0:
+        out["stage2.lr_decay_steps"] = "stage2.lr_decay is 1 (no decay)"
     if cfg.shell.target != "shell":
         out["shell.thickness_mm"] = "shell.target is not 'shell'"
     if not cfg.stage2.skip_pigment:

@@ -20,18 +20,17 @@ import trimesh
 from scipy.ndimage import binary_erosion
 
 from fastsider.camera import Camera, project
-from fastsider.config import FitConfig, to_dict
+from fastsider.config import FitConfig
 from fastsider.eval.metrics import (
     ErrorStats,
     MeshQuery,
-    cumulative_curve,
     depth_recovered,
     finite_or_none,
     normal_angle_error,
     normal_offsets,
     scan_to_mesh,
 )
-from fastsider.io import OutputStage, load_mesh, save_json
+from fastsider.io import load_mesh
 from fastsider.pictures import normal_map, raycast_mesh
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,9 @@ class CaseResult:
     device: str
     implementation: dict[str, str]
     distances: dict[str, np.ndarray] = field(repr=False)  # "coarse" / "detailed" -> [n_region] mm
+    renderer: str = "simple"
+    seed: int = 0
+    highpass: dict[str, dict[str, Any]] = field(default_factory=dict)  # mesh -> eval.highpass scores
 
     def reduction(self, what: str, stat: str) -> float:
         """Relative reduction (coarse - detailed) / coarse of ``what`` ('scan_to_mesh', ...)."""
@@ -129,6 +131,16 @@ def depth_recovered_by_region(gt: trimesh.Trimesh, coarse: trimesh.Trimesh, labe
     return out
 
 
+def evaluate_highpass(case_dir: Path, fit_dir: Path, mesh_name: str = "mesh.ply") -> dict[str, dict[str, Any]]:
+    """The high-passed detail scores (eval.highpass) of the GT, the coarse and the detailed mesh."""
+    from fastsider.eval.highpass import highpass_detail
+    from fastsider.eval.synthetic_details import REGIONS
+
+    meshes = {"coarse": _vf(load_mesh(case_dir / "coarse.ply")), "detailed": _vf(load_mesh(fit_dir / mesh_name))}
+    return highpass_detail(_vf(load_mesh(case_dir / "gt.ply")), _vf(load_mesh(case_dir / "base.ply")),
+                           np.load(case_dir / "gt_labels.npy"), meshes, Camera.load(case_dir / "camera.json"), REGIONS)
+
+
 def evaluate_fit(case_dir: Path, fit_dir: Path, mesh_name: str = "mesh.ply") -> tuple[CaseErrors, CaseErrors, dict]:
     """(coarse errors, detailed errors, distance arrays) of one fitted case."""
     gt = load_mesh(case_dir / "gt.ply")
@@ -169,31 +181,53 @@ class BenchResult:
     seconds: float
 
 
+RENDERERS = ("simple", "cycles")
+
+
+def bench_dirs(out_dir: Path, renderer: str) -> tuple[Path, Path]:
+    """(cases, fits) folders of one renderer's cases: ``cases/``, ``fits/`` for the simple renderer,
+    ``<renderer>/cases/``, ``<renderer>/fits/`` for the others."""
+    root = out_dir if renderer == "simple" else out_dir / renderer
+    return root / "cases", root / "fits"
+
+
 def run_bench(out_dir: Path, n_cases: int, seed: int, cfg: FitConfig, photos: list[Path] | None = None,
-              synthetic_params: Any = None, progress: BenchProgress | None = None) -> BenchResult:
-    """Generate ``n_cases`` synthetic faces under ``out_dir/cases``, fit each into ``out_dir/fits``,
-    evaluate, and time the optional real ``photos``. The report is written by :func:`write_bench_report`."""
+              synthetic_params: Any = None, progress: BenchProgress | None = None,
+              renderers: tuple[str, ...] = ("simple",)) -> BenchResult:
+    """Per renderer, generate ``n_cases`` synthetic faces (seeds ``seed`` on) under
+    :func:`bench_dirs`, fit each, evaluate, and time the optional real ``photos``. The simple
+    renderer's cases have an exact coarse input, the path-traced ones a smooth 0.5-3 mm error
+    (``CYCLES_PARAMS``). The report is written by :func:`write_bench_report`."""
     from fastsider.eval.synthetic import generate_cases
-    from fastsider.eval.synthetic_params import SyntheticParams
+    from fastsider.eval.synthetic_params import CYCLES_PARAMS, SyntheticParams
     from fastsider.stages.fit import run_fit
     from fastsider.stages.prepare import CoarseInputs
 
     t0 = time.perf_counter()
-    params = synthetic_params or SyntheticParams()
-    case_dirs = generate_cases(out_dir / "cases", n_cases, seed, params)
     results = []
-    for i, case_dir in enumerate(case_dirs):
+    for renderer in renderers:
+        if renderer not in RENDERERS:
+            raise ValueError(f"unknown renderer {renderer!r}; known: {RENDERERS}")
+        params = synthetic_params or (SyntheticParams() if renderer == "simple" else CYCLES_PARAMS)
+        cases, fits = bench_dirs(out_dir, renderer)
         if progress is not None:
-            progress(f"fit {case_dir.name}", i, len(case_dirs))
-        fit_dir = out_dir / "fits" / case_dir.name
-        summary = run_fit(case_dir / "image.png", cfg, CoarseInputs(mesh=case_dir / "coarse.ply",
-                                                                    camera=case_dir / "camera.json"), fit_dir)
-        coarse, detailed, dist = evaluate_fit(case_dir, fit_dir)
-        results.append(CaseResult(case_dir.name, coarse, detailed, summary["seconds"], summary["peak_memory_mb"],
-                                  summary["device"], summary["implementation"], dist))
-        log.info("%s: scan-to-mesh median %.3f -> %.3f mm, wrinkle normals %.1f -> %.1f deg", case_dir.name,
-                 coarse.scan_to_mesh.median, detailed.scan_to_mesh.median, coarse.wrinkle_normal_deg.mean,
-                 detailed.wrinkle_normal_deg.mean)
+            progress(f"{renderer} cases", 0, n_cases)
+        case_dirs = generate_cases(cases, n_cases, seed, params)
+        for i, case_dir in enumerate(case_dirs):
+            if progress is not None:
+                progress(f"fit {renderer} {case_dir.name}", i, len(case_dirs))
+            fit_dir = fits / case_dir.name
+            summary = run_fit(case_dir / "image.png", cfg, CoarseInputs(mesh=case_dir / "coarse.ply",
+                                                                        camera=case_dir / "camera.json"), fit_dir)
+            coarse, detailed, dist = evaluate_fit(case_dir, fit_dir)
+            results.append(CaseResult(case_dir.name, coarse, detailed, summary["seconds"], summary["peak_memory_mb"],
+                                      summary["device"], summary["implementation"], dist, renderer, seed + i,
+                                      evaluate_highpass(case_dir, fit_dir)))
+            hp = results[-1].highpass
+            log.info("%s %s: scan-to-mesh median %.3f -> %.3f mm, wrinkle normals %.1f -> %.1f deg, high-passed "
+                     "wrinkles: correlation %s, depth %s", renderer, case_dir.name, coarse.scan_to_mesh.median,
+                     detailed.scan_to_mesh.median, coarse.wrinkle_normal_deg.mean, detailed.wrinkle_normal_deg.mean,
+                     _num(hp["detailed"]["wrinkles"]["correlation"]), _num(hp["detailed"]["wrinkles"]["depth_recovered"]))
     timed = []
     for j, photo in enumerate(photos or []):
         if progress is not None:
@@ -204,132 +238,5 @@ def run_bench(out_dir: Path, n_cases: int, seed: int, cfg: FitConfig, photos: li
     return BenchResult(results, timed, cfg, time.perf_counter() - t0)
 
 
-CASE_HEADERS = ("case", "coarse median", "coarse mean", "detailed median", "detailed mean", "median lower %",
-                "mean lower %", "wrinkle coarse mean", "wrinkle detailed mean", "normal coarse", "normal detailed",
-                "wrinkle normal coarse", "wrinkle normal detailed",
-                "stage 1 s", "stage 2 s", "total s", "peak RSS MB")
-
-
-def case_rows(result: BenchResult) -> list[list[Any]]:
-    rows = []
-    for c in result.cases:
-        rows.append([c.name, c.coarse.scan_to_mesh.median, c.coarse.scan_to_mesh.mean,
-                     c.detailed.scan_to_mesh.median, c.detailed.scan_to_mesh.mean,
-                     100 * c.reduction("scan_to_mesh", "median"), 100 * c.reduction("scan_to_mesh", "mean"),
-                     c.coarse.wrinkle_scan_to_mesh.mean, c.detailed.wrinkle_scan_to_mesh.mean,
-                     c.coarse.normal_deg.mean, c.detailed.normal_deg.mean,
-                     c.coarse.wrinkle_normal_deg.mean, c.detailed.wrinkle_normal_deg.mean,
-                     c.seconds.get("stage1"), c.seconds.get("stage2"),
-                     c.seconds.get("total"), c.peak_memory_mb.get("rss")])
-    return rows
-
-
-TERMINAL_HEADERS = ("case", "s2m coarse", "s2m detailed", "wrinkle s2m coarse", "wrinkle s2m detailed",
-                    "wrinkle normal coarse", "wrinkle normal detailed", "total s")
-
-
-def terminal_rows(result: BenchResult) -> list[list[Any]]:
-    """The short table for the terminal: mean errors (mm, degrees) and time."""
-    return [[c.name, c.coarse.scan_to_mesh.mean, c.detailed.scan_to_mesh.mean, c.coarse.wrinkle_scan_to_mesh.mean,
-             c.detailed.wrinkle_scan_to_mesh.mean, c.coarse.wrinkle_normal_deg.mean,
-             c.detailed.wrinkle_normal_deg.mean, c.seconds.get("total")] for c in result.cases]
-
-
-def overall(result: BenchResult) -> dict[str, Any]:
-    """Pooled errors over all cases and the mean per-case reductions."""
-    pooled = {k: np.concatenate([c.distances[k] for c in result.cases]) for k in ("coarse", "detailed")}
-    stats = {k: ErrorStats.from_errors(v) for k, v in pooled.items()}
-
-    def mean_reduction(what: str, stat: str) -> float:
-        return float(np.mean([c.reduction(what, stat) for c in result.cases]))
-    return {
-        "scan_to_mesh_mm": {k: s.to_json_dict() for k, s in stats.items()},
-        "pooled_reduction": {s: (getattr(stats["coarse"], s) - getattr(stats["detailed"], s))
-                             / getattr(stats["coarse"], s) for s in ("median", "mean")},
-        "mean_case_reduction": {
-            "scan_to_mesh_median": mean_reduction("scan_to_mesh", "median"),
-            "scan_to_mesh_mean": mean_reduction("scan_to_mesh", "mean"),
-            "wrinkle_scan_to_mesh_mean": mean_reduction("wrinkle_scan_to_mesh", "mean"),
-            "normal_mean": mean_reduction("normal_deg", "mean"),
-            "wrinkle_normal_mean": mean_reduction("wrinkle_normal_deg", "mean"),
-        },
-        "depth_recovered_mean": {k: finite_or_none(v) for k, v in mean_depth_recovered(result).items()},
-    }
-
-
-def mean_depth_recovered(result: BenchResult) -> dict[str, float]:
-    """Detail region -> mean over the cases that have it of the detailed mesh's depth recovered."""
-    names = dict.fromkeys(k for c in result.cases for k in c.detailed.depth_recovered)  # first-seen order
-    out = {}
-    for name in names:
-        values = [c.detailed.depth_recovered.get(name, np.nan) for c in result.cases]
-        finite = [v for v in values if np.isfinite(v)]
-        out[name] = float(np.mean(finite)) if finite else float("nan")
-    return out
-
-
-def depth_rows(result: BenchResult) -> tuple[list[str], list[list[Any]]]:
-    """Headers and rows of the depth-recovered table: one row per case and the mean."""
-    mean = mean_depth_recovered(result)
-    rows = [[c.name, *(c.detailed.depth_recovered.get(k, np.nan) for k in mean)] for c in result.cases]
-    rows.append(["mean", *mean.values()])
-    return ["case", *(k.replace("_", " ") for k in mean)], rows
-
-
-def _change(reduction: float) -> str:
-    """A relative reduction as words: 0.4 -> '40.0% lower', -0.2 -> '20.0% higher (worse)'."""
-    return f"{100 * reduction:.1f}% lower" if reduction >= 0 else f"{-100 * reduction:.1f}% higher (worse)"
-
-
-def write_bench_report(result: BenchResult, out_dir: Path) -> dict[str, Any]:
-    """bench_report.md, bench_report.json, cumulative_error.png, cases/<case>.png. Returns the JSON data."""
-    from fastsider.report import image_panel, markdown_table, plot_cumulative
-
-    summary = overall(result) if result.cases else {}
-    data = {"config": to_dict(result.config), "seconds": result.seconds, "overall": summary,
-            "cases": [{"name": c.name, "coarse": c.coarse.to_json_dict(), "detailed": c.detailed.to_json_dict(),
-                       "seconds": c.seconds, "peak_memory_mb": c.peak_memory_mb, "device": c.device,
-                       "implementation": c.implementation} for c in result.cases],
-            "photos": result.photos}
-    with OutputStage(out_dir) as out:
-        lines = ["# fastsider bench", "",
-                 f"{len(result.cases)} synthetic case(s), {len(result.photos)} timed photo(s); "
-                 f"{result.seconds:.0f} s in all.", ""]
-        if result.cases:
-            c0 = result.cases[0]
-            red = summary["mean_case_reduction"]
-            lines += [f"Device `{c0.device}`, networks `{c0.implementation.get('networks')}`, normals "
-                      f"`{c0.implementation.get('normals')}`, occupancy grid `{c0.implementation.get('occupancy_grid')}`.",
-                      "", "## Detail stage gain (mean over cases)", "",
-                      markdown_table(("scan-to-mesh median", "scan-to-mesh mean", "wrinkle scan-to-mesh mean",
-                                      "normal error", "wrinkle normal error"),
-                                     [[_change(red["scan_to_mesh_median"]), _change(red["scan_to_mesh_mean"]),
-                                       _change(red["wrinkle_scan_to_mesh_mean"]), _change(red["normal_mean"]),
-                                       _change(red["wrinkle_normal_mean"])]]),
-                      "", "Wrinkle regions: ground-truth vertices (scan-to-mesh) and faces (normals) the generator "
-                      "labels as forehead lines, crow's feet, nasolabial folds or bumps.",
-                      "", "## Per case (errors to ground truth: mm, normals in degrees)", "",
-                      markdown_table(CASE_HEADERS, case_rows(result), digits=3), "",
-                      "## Depth recovered by region (detailed mesh)", "",
-                      "The share of the true displacement the detailed mesh reproduces along the coarse "
-                      "surface's normal (least squares over the region's ground-truth vertices): 1 is full "
-                      "depth, 0 a missed detail. The coarse mesh scores 0 by construction.", "",
-                      markdown_table(*depth_rows(result), digits=2), "",
-                      "![cumulative error](cumulative_error.png)", ""]
-            errors = {k: np.concatenate([c.distances[k] for c in result.cases]) for k in ("coarse", "detailed")}
-            curves = {f"{k} (median {np.median(e):.3f})": cumulative_curve(e, CURVE_MAX_MM, 201) for k, e in errors.items()}
-            plot_cumulative(curves, out.path("cumulative_error.png"), CURVE_MAX_MM, "scan-to-mesh error [mm]",
-                            "all cases, face region")
-            for c in result.cases:
-                image_panel(case_picture(out_dir / "cases" / c.name, out_dir / "fits" / c.name),
-                            out.path(f"pictures/{c.name}.png"), c.name, colorbar_max=1.0)
-                lines.append(f"![{c.name}](pictures/{c.name}.png)")
-        if result.photos:
-            lines += ["", "## Real photos (timing only)", "",
-                      markdown_table(("photo", "stage 1 s", "stage 2 s", "total s", "peak RSS MB"),
-                                     [[Path(p["photo"]).name, p["seconds"].get("stage1"), p["seconds"].get("stage2"),
-                                       p["seconds"].get("total"), p["peak_memory_mb"].get("rss")] for p in result.photos])]
-        out.path("bench_report.md").write_text("\n".join(lines) + "\n")
-        save_json(out.path("bench_report.json"), data)
-        out.commit()
-    return data
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"

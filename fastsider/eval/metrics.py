@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 import igl
 import numpy as np
 import trimesh
+from scipy.ndimage import gaussian_filter
 
 
 class ClosestPoints(NamedTuple):
@@ -204,6 +205,43 @@ def depth_recovered(true_offsets: np.ndarray, offsets: np.ndarray) -> float:
     ok = np.isfinite(t) & np.isfinite(o)
     energy = float(np.sum(t[ok] ** 2))
     return float(np.sum(t[ok] * o[ok]) / energy) if energy > 0 else math.nan
+
+
+def highpass(depth: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """A depth map [H, W] (mm) minus its own Gaussian low-pass of ``sigma_px`` within ``mask`` [H, W]
+    (normalized convolution: the mask's border does not pull the low-pass towards 0); NaN outside.
+
+    What is left is the detail at scales below the low-pass: a coarse surface that is off by a smooth
+    error at wavelengths far above sigma keeps its wrinkles, and loses the error.
+    """
+    if depth.shape != mask.shape:
+        raise ValueError(f"depth {depth.shape} and mask {mask.shape} differ in shape")
+    m = mask.astype(np.float64)
+    weight = gaussian_filter(m, sigma_px, mode="constant")
+    low = gaussian_filter(np.where(mask, depth, 0.0), sigma_px, mode="constant") / np.maximum(weight, 1e-12)
+    return np.where(mask, depth - low, np.nan)
+
+
+class DetailAgreement(NamedTuple):
+    correlation: float      # Pearson correlation of the found and the true detail
+    depth_recovered: float  # least-squares share of the true detail the found one reproduces
+    count: int
+
+
+def detail_agreement(true_detail: np.ndarray, found_detail: np.ndarray) -> DetailAgreement:
+    """How a found detail field matches the true one over the same samples ([n] each, NaN ignored).
+
+    Example: found = 0.5 * true + noise uncorrelated with it -> depth_recovered ~ 0.5, and the
+    correlation falls with the noise's share of the variance.
+    """
+    t, f = np.asarray(true_detail, dtype=np.float64), np.asarray(found_detail, dtype=np.float64)
+    if t.shape != f.shape:
+        raise ValueError(f"true {t.shape} and found {f.shape} differ in shape")
+    ok = np.isfinite(t) & np.isfinite(f)
+    t, f = t[ok], f[ok]
+    if len(t) < 2 or t.std() == 0.0 or f.std() == 0.0:
+        return DetailAgreement(math.nan, depth_recovered(t, f) if len(t) else math.nan, int(len(t)))
+    return DetailAgreement(float(np.corrcoef(t, f)[0, 1]), depth_recovered(t, f), int(len(t)))
 
 
 def within_radius(points: np.ndarray, centre: np.ndarray, radius_mm: float) -> np.ndarray:

@@ -44,7 +44,8 @@ from fastsider.camera import Camera
 from fastsider.eval.synthetic_base import FaceBase, example_base, loop_subdivide, refine_near, synthetic_camera
 from fastsider.eval.synthetic_details import REGIONS, Detail, displacement_field, near_details, plan_details
 from fastsider.eval.synthetic_params import SyntheticParams
-from fastsider.eval.synthetic_photo import background_colours, light_direction, render_photo, skin_albedo, waves
+from fastsider.eval.synthetic_photo import (background_colours, backdrop_image, light_direction, render_photo,
+                                            skin_albedo, waves)
 from fastsider.face.default_model import orient_towards_camera
 from fastsider.face.landmarks import N_MESH_LANDMARKS, NOW_LANDMARK_IDS
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
@@ -87,6 +88,22 @@ def _coarse_error(vertices: np.ndarray, faces: np.ndarray, params: SyntheticPara
     return vertices + e[:, None] * trimesh.Trimesh(vertices, faces, process=False).vertex_normals
 
 
+def _photo(gt: np.ndarray, faces: np.ndarray, albedo: np.ndarray, cam: Camera, params: SyntheticParams,
+           r_scene: np.random.Generator, r_render: np.random.Generator):
+    """(photo, light direction, backdrop colours, scene description) with ``params.renderer``."""
+    if params.renderer == "simple":
+        light, background = light_direction(r_scene, params), background_colours(r_scene)
+        return render_photo(gt, faces, albedo, cam, light, background, params, r_render), light, background, {}
+    if params.renderer != "cycles":
+        raise ValueError(f"unknown renderer {params.renderer!r}; known: 'simple', 'cycles'")
+    from fastsider.eval.cycles import cycles_photo, draw_scene, scene_json
+
+    background, scene = background_colours(r_scene), draw_scene(r_scene)
+    image = cycles_photo(gt, faces, albedo, cam, backdrop_image(cam, background, params), scene,
+                         params.cycles_samples, r_render)
+    return image, scene.key_dir, background, scene_json(scene)
+
+
 def _landmark_vertices(base: FaceBase, vertices: np.ndarray) -> np.ndarray:
     """Vertex ids [468] of the landmarks on a subdivision of the base (Loop keeps the first ids)."""
     if np.allclose(base.vertices[:N_MESH_LANDMARKS], base.landmarks):
@@ -125,17 +142,16 @@ def make_case(seed: int, params: SyntheticParams = SyntheticParams(), base: Face
     disp, labels = displacement_field(v, details)
     gt = _f32(v + disp[:, None] * n)
     albedo = skin_albedo(v, f, v[lmk_ids], params, r_albedo)
-    light, background = light_direction(r_scene, params), background_colours(r_scene)
-    image = render_photo(gt, f, albedo, cam, light, background, params, r_render)
+    image, light, background, scene = _photo(gt, f, albedo, cam, params, r_scene, r_render)
     coarse_v = _f32(_coarse_error(coarse_v, coarse_f, params, r_coarse))
     info = {"gt_vertices": len(gt), "gt_faces": len(f), "coarse_vertices": len(coarse_v),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2), "scene": scene}
     log.info("synthetic case %d: %d details, %d GT vertices, %.1f s", seed, len(details), len(gt), info["seconds"])
     return SyntheticCase(seed, params, image, cam, gt, f, v, labels, disp, albedo, coarse_v, np.asarray(coarse_f),
                          gt[lmk_ids[list(NOW_LANDMARK_IDS)]], tuple(details), light, background, info)
 
 
-CASE_FILES = ("image.png", "gt.ply", "coarse.ply", "camera.json", "gt_labels.npy", "gt_displacement.npy",
+CASE_FILES = ("image.png", "gt.ply", "base.ply", "coarse.ply", "camera.json", "gt_labels.npy", "gt_displacement.npy",
               "landmarks7.txt", "case.json")
 
 
@@ -148,6 +164,7 @@ def write_case(case: SyntheticCase, folder: str | Path) -> list[Path]:
     with OutputStage(folder) as stage:
         save_image(stage.path("image.png"), case.image)
         save_mesh(stage.path("gt.ply"), case.gt_vertices, case.gt_faces)
+        save_mesh(stage.path("base.ply"), case.base_vertices, case.gt_faces)  # the GT before its details
         save_mesh(stage.path("coarse.ply"), case.coarse_vertices, case.coarse_faces)
         save_json(stage.path("camera.json"), case.camera.to_json_dict())
         np.save(stage.path("gt_labels.npy"), case.labels)
@@ -157,6 +174,7 @@ def write_case(case: SyntheticCase, folder: str | Path) -> list[Path]:
             "seed": case.seed, "units": "mm", "frame": "camera (OpenCV: x right, y down, z forward)",
             "params": dataclasses.asdict(case.params), "labels": REGIONS,
             "landmarks7_ids": list(NOW_LANDMARK_IDS), "light_dir": case.light_dir, "background": case.background,
+            "scene": case.info.get("scene", {}),
             "n_gt_vertices": len(case.gt_vertices), "n_coarse_vertices": len(case.coarse_vertices),
             "details": [d.to_json_dict() for d in case.details],
         })

@@ -47,4 +47,13 @@ class SyntheticParams:
     blotch_wavelength_mm: tuple[float, float] = (15.0, 50.0)
     freckles: tuple[int, int] = (20, 60)
     freckle_radius_mm: tuple[float, float] = (0.4, 1.2)
-    noise_std: float = 0.004         # Gaussian pixel noise, in [0, 1] units
+    noise_std: float = 0.004         # Gaussian pixel noise, in [0, 1] units (the simple renderer)
+    # "simple": the optimiser's own shading model, ray-cast (eval/synthetic_photo.py). "cycles": a path
+    # tracer (eval/cycles.py: subsurface skin, area + environment light, shadows, sRGB, noise, JPEG)
+    renderer: str = "simple"
+    cycles_samples: int = 64         # path-tracing samples per pixel (denoised from 16 up)
+
+
+# The physically based bench: Cycles photos and a coarse input off by a smooth 0.5-3 mm, as a
+# landmark fit is (peak 2.5 mm over 40-120 mm wavelengths)
+CYCLES_PARAMS = SyntheticParams(renderer="cycles", coarse_error_mm=2.5)

@@ -144,10 +144,23 @@ def render_photo(vertices: np.ndarray, faces: np.ndarray, albedo: np.ndarray, ca
     half = light - dirs[ray]
     half /= np.linalg.norm(half, axis=1, keepdims=True)
     spec = params.specular * np.clip(np.einsum("ij,ij->i", normal, half), 0.0, None) ** params.shininess
-    # backdrop at infinity: top to bottom colour over the full image's field of view, by ray slope
-    t = np.clip(0.5 + params.focal_factor * dirs[:, 1] / dirs[:, 2], 0.0, 1.0)[:, None]
-    out = (1.0 - t) * background[0] + t * background[1]
+    out = _backdrop(dirs, background, params)
     out[ray] = colour * (params.ambient + (1.0 - params.ambient) * diffuse)[:, None] + (spec * (diffuse > 0))[:, None]
     image = out.reshape(cam.height, cam.width, s * s, 3).mean(axis=2)
     image += rng.normal(0.0, params.noise_std, image.shape)
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _backdrop(dirs: np.ndarray, background: np.ndarray, params: SyntheticParams) -> np.ndarray:
+    """Backdrop at infinity [n, 3] seen along unit rays [n, 3]: top to bottom colour over the full
+    image's field of view, by ray slope."""
+    t = np.clip(0.5 + params.focal_factor * dirs[:, 1] / dirs[:, 2], 0.0, 1.0)[:, None]
+    return (1.0 - t) * background[0] + t * background[1]
+
+
+def backdrop_image(cam: Camera, background: np.ndarray, params: SyntheticParams) -> np.ndarray:
+    """The backdrop [H, W, 3] behind the face, one ray per pixel centre (as ``render_photo`` sees it)."""
+    pix = pixel_grid(cam)
+    dirs = np.stack([(pix[:, 0] - cam.cx) / cam.fx, (pix[:, 1] - cam.cy) / cam.fy, np.ones(len(pix))], 1)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return _backdrop(dirs, background, params).reshape(cam.height, cam.width, 3)

@@ -36,6 +36,17 @@ class GeometryMLP(torch.nn.Module):
         out = self.net(self.encoding(x))
         return out[:, 0], out[:, 1:]
 
+    def start_as_residual(self) -> "ResidualGain | None":
+        """Make the SDF output start at exactly 0 (a residual on a base SDF): torch zeroes the SDF row
+        of the last layer; tcnn's weights are one flat buffer, so a gain at 0 is returned to apply."""
+        layers = getattr(self.net, "layers", None)
+        if layers is None:
+            return ResidualGain()
+        with torch.no_grad():
+            layers[-1].weight[0].zero_()
+            layers[-1].bias[0].zero_()
+        return None
+
 
 class ResidualGain(torch.nn.Module):
     """A learned scalar on the residual MLP's SDF output, starting at 0: f == base until trained,
@@ -119,6 +130,10 @@ class RenderingMLP(torch.nn.Module):
             parts.append(features)
         return self.net(torch.cat(parts, dim=-1) if parts else torch.ones_like(x[:, :1]))
 
+    def albedo(self, x: Tensor, features: Tensor) -> Tensor:
+        """The albedo [n, 3] at x [n, 3] of an ``albedo_only`` net (no normal, no view direction)."""
+        return self(x, x, x, features)
+
 
 class Appearance(torch.nn.Module):
     """rgb at surface points: the rendering MLP alone, or ``light(albedo(x), n, v)``.
@@ -148,7 +163,7 @@ class Appearance(torch.nn.Module):
         """The albedo [n, 3] of an albedo x light appearance at x [n, 3]."""
         if self.albedo_map is not None:
             return self.albedo_map(x)
-        return self.mlp(x, x, x, features)  # albedo_only: normals and view directions are not inputs
+        return self.mlp.albedo(x, features)
 
 
 class SdfSample(NamedTuple):

@@ -23,15 +23,24 @@ GEOMETRIC_INIT_STD = 1e-4   # IDR: std of the last layer around its mean (keeps 
 N_RAW_INPUTS = 3            # geometric init lets only the raw xyz through the first layer
 
 
-def resolve_backend(requested: Literal["auto", "torch", "tcnn"], device: torch.device) -> str:
-    """``auto`` -> tcnn when it imports and the device is CUDA, else torch. Explicit tcnn must work."""
-    from fastsider.nn._tcnn import tcnn_available
+def resolve_backend(requested: Literal["auto", "torch", "tcnn"], device: torch.device,
+                    networks: tuple[NetworkConfig, ...] = ()) -> str:
+    """``auto`` -> tcnn when it imports, the device is CUDA and tcnn can run all ``networks`` (else
+    torch, logged); an explicit tcnn must work and raises otherwise."""
+    from fastsider.nn._tcnn import check_tcnn_config, tcnn_available
 
     if requested == "torch":
         return "torch"
     ok = device.type == "cuda" and tcnn_available()
     if requested == "tcnn" and not ok:
         raise FastsiderError("backend 'tcnn' requested but tinycudann is not importable on a CUDA device")
+    if ok and requested == "auto":
+        try:
+            for net in networks:
+                check_tcnn_config(net)
+        except FastsiderError as exc:
+            log.info("backend auto: torch, since %s", exc)
+            return "torch"
     return "tcnn" if ok else "torch"
 
 

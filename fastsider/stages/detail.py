@@ -36,14 +36,23 @@ def warm_up_light(model: SiderModel, s: FrozenSurface, steps: int) -> float:
 def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: DetailStageConfig, trace: TraceConfig,
                 unit_mm: float, generator: torch.Generator, on_step: StepCallback | None = None,
                 on_snapshot: Callable[[int], None] | None = None, run: RunConfig = RunConfig(),
-                resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None) -> dict[str, float]:
+                resume: dict[str, Any] | None = None, checkpoint: CheckpointFn | None = None,
+                mm_per_px: float = 0.0) -> dict[str, float]:
     """Adam over the geometry MLP and the appearance, batches of face rays and SDF points; with a
-    height map, over the map and the appearance, every face ray each step. Returns final stats."""
+    height map, over the map and the appearance, every face ray each step. Returns final stats.
+
+    ``mm_per_px``: the working crop's pixel footprint on the face (for ``height_map.scatter_mm``)."""
     device = rays.origins.device
     n_rays, n_pts = rays.origins.shape[0], pool.points.shape[0]
 
     height = model.geometry.height
     hm = cfg.height_map
+    scatter_px = hm.scatter_mm / mm_per_px if hm.scatter_mm > 0 and mm_per_px > 0 else 0.0
+    if resume is not None:  # the frozen surface is stage 1's (its MLP from the checkpoint) at h = 0, as
+        model.load_state_dict(resume["model"])  # in the uninterrupted run; optimize() restores h after
+        if height is not None:
+            with torch.no_grad():
+                height.values.zero_()
     frozen = freeze_surface(model, rays, pool.points, trace) if height is not None else None
     # a resumed run restores the light it had; warming it up first would be overwritten
     if (frozen is not None and resume is None and isinstance(model.appearance.light, DirectionalShading)
@@ -53,7 +62,8 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     def loss_fn() -> dict[str, torch.Tensor]:
         if frozen is not None:
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
-            terms = height_map_terms(model, frozen, pool.points[pt_idx], pool.sdf[pt_idx], pt_idx, cfg, unit_mm)
+            terms = height_map_terms(model, frozen, pool.points[pt_idx], pool.sdf[pt_idx], pt_idx, cfg, unit_mm,
+                                     scatter_px)
         else:
             ray_idx = torch.randint(n_rays, (min(cfg.mlp.rays_per_batch, n_rays),), generator=generator, device=device)
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
@@ -62,8 +72,8 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
         terms["sdf_mm"] = terms.pop("sdf") * losses.MM_PER_M
         return terms
 
-    # each group's lr_factor is its step size: the schedule scales them all alike
-    schedule = Schedule("stage 2", cfg.iterations, 1.0, cfg.lr_decay, cfg.max_seconds, cfg.lr_decay_steps)
+    schedule = Schedule("stage 2", cfg.iterations, cfg.appearance_lr, cfg.lr_decay, cfg.max_seconds,
+                        cfg.lr_decay_steps)
     debias_at = (cfg.iterations - hm.debias_steps
                  if height is not None and 0 < hm.debias_steps < cfg.iterations else None)
 
@@ -75,9 +85,9 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
                 height.prior_weight.copy_(debias_weight(height.height_mm(), hm.debias_threshold_mm,
                                                         hm.debias_grow_cells))
 
-    geometry = ({"params": [height.values], "lr_factor": hm.lr} if height is not None  # the MLP stays stage 1's
-                else {"params": model.geometry.mlp_parameters(), "lr_factor": cfg.mlp.lr})
-    groups = [geometry, {"params": list(model.appearance.parameters()), "lr_factor": cfg.appearance_lr}]
+    geometry = ({"params": [height.values], "base_lr": hm.lr} if height is not None  # the MLP stays stage 1's
+                else {"params": model.geometry.mlp_parameters(), "base_lr": cfg.mlp.lr})
+    groups = [geometry, {"params": list(model.appearance.parameters())}]  # at the schedule's lr
     return optimize(model, groups, loss_fn, schedule, run, generator, resume=resume,
                     checkpoint=checkpoint, on_step=on_step, on_snapshot=on_snapshot,
                     snapshot_every=cfg.snapshot_every, before_step=before_step)

@@ -65,6 +65,7 @@ class FitState:
     mesh_band: OccupancyGrid     # where marching cubes evaluates the SDF (always the coarse band)
     face_mask: np.ndarray   # [S, S] bool, pixels the coarse face covers
     ray_mask: np.ndarray    # [S, S] bool, the face pixels stage 2's photometric loss uses
+    mm_per_px: float        # a crop pixel's footprint on the face (median depth / focal length)
     device: torch.device
 
 
@@ -79,12 +80,12 @@ def build_state(prep: Prepared, cfg: FitConfig, device: torch.device) -> FitStat
     colors = torch.tensor(prep.image[face_mask], dtype=torch.float32, device=device)
     model = build_model(cfg.model, device, shell.sdf, c.camera, norm, colors)
     ray_mask = face_mask & ~features_in_crop(prep, c.camera.height) if cfg.stage2.skip_features else face_mask
+    mm_per_px = float(np.median(world_to_camera_points(c.camera, c.vertices)[:, 2])) / c.camera.fx
     if cfg.stage2.skip_pigment:
-        mm_per_px = float(np.median(world_to_camera_points(c.camera, c.vertices)[:, 2])) / c.camera.fx
         spots = pigment_mask(prep.image, ray_mask, mm_per_px, cfg.stage2.pigment_threshold)
         log.info("stage 2: %d pigment-spot pixels of %d left out of the photometric loss", spots.sum(), ray_mask.sum())
         ray_mask = ray_mask & ~spots
-    return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, device)
+    return FitState(prep, norm, shell, model, grid, band, face_mask, ray_mask, mm_per_px, device)
 
 
 FEATURE_GROW_PX = 2  # landmark polygons grown by this much (working-crop pixels) before masking
@@ -184,7 +185,8 @@ def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, save
                          _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
                          lambda step: _write_snapshot(out, st, cfg, step), run=cfg.run,
                          resume=saved if stage == "stage2" else None,
-                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}))
+                         checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}),
+                         mm_per_px=st.mm_per_px)
     except DivergenceError as exc:
         log.error("%s", exc)
         failed = {**exc.stats, "diverged": True}

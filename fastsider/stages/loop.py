@@ -49,7 +49,9 @@ class DivergenceError(FastsiderError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """lr(step) = lr * lr_scale * lr_decay ** progress; stops early after max_seconds (> 0).
+    """lr(step) = base lr * lr_scale * lr_decay ** progress; stops early after max_seconds (> 0).
+
+    ``lr`` is the base lr of the parameter groups that do not carry their own ``base_lr``.
 
     progress runs from 0 to 1 over all the steps, or with ``decay_steps`` > 0 over the last that
     many (constant lr before them).
@@ -62,10 +64,10 @@ class Schedule:
     max_seconds: float = 0.0
     decay_steps: int = 0
 
-    def lr_at(self, step: int, lr_scale: float) -> float:
+    def lr_at(self, step: int, lr_scale: float, base_lr: float | None = None) -> float:
         span = self.decay_steps if 0 < self.decay_steps < self.iterations else self.iterations
         progress = max(step - (self.iterations - span), 0) / max(span, 1)
-        return self.lr * lr_scale * self.lr_decay ** progress
+        return (self.lr if base_lr is None else base_lr) * lr_scale * self.lr_decay ** progress
 
 
 @dataclass
@@ -181,9 +183,9 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
 
     Returns the last step's loss terms plus ``seconds``, ``iterations`` and ``rollbacks``.
     """
-    # param groups may carry "lr_factor": their lr is the schedule's times that
+    # param groups may carry their own "base_lr" (else the schedule's); the schedule scales them all alike
     groups = [g if isinstance(g, dict) else {"params": [g]} for g in params]
-    opt = torch.optim.Adam([{"lr_factor": 1.0, **g} for g in groups], lr=schedule.lr)
+    opt = torch.optim.Adam([{"base_lr": schedule.lr, **g} for g in groups], lr=schedule.lr)
     params = [p for g in opt.param_groups for p in g["params"]]
     state = LoopState()
     if resume is not None:
@@ -208,7 +210,7 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
             save()
             raise KeyboardInterrupt
         for group in opt.param_groups:
-            group["lr"] = schedule.lr_at(state.step, state.lr_scale) * group["lr_factor"]
+            group["lr"] = schedule.lr_at(state.step, state.lr_scale, group["base_lr"])
         if before_step is not None:
             before_step(state.step)
         terms = loss_fn()
