@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import imageio.v3 as iio
 import numpy as np
@@ -268,3 +270,22 @@ def srgb_decode(encoded: np.ndarray) -> np.ndarray:
     """The inverse of :func:`srgb_encode`: display-referred colours [0, 1] -> linear reflectance."""
     x = np.clip(encoded, 0.0, 1.0)
     return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4))
+
+
+@contextmanager
+def silenced_fd(fd: int) -> Iterator[None]:
+    """Point file descriptor ``fd`` (1 or 2) at /dev/null for the scope: native libraries (MediaPipe's
+    C++ side, Blender) write there whatever Python's sys.stdout / sys.stderr say, which stay untouched."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no real descriptor (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

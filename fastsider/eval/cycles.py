@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from fastsider.camera import Camera
-from fastsider.io import srgb_decode, srgb_encode
+from fastsider.io import silenced_fd, srgb_decode, srgb_encode
 
 log = logging.getLogger(__name__)
 
@@ -148,20 +144,6 @@ def _camera(bpy, cam: Camera) -> None:
     bpy.context.scene.camera = obj
 
 
-@contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Blender prints a line per sample to the process's stdout (fd 1): send it to /dev/null."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def render_cycles(vertices: np.ndarray, faces: np.ndarray, albedo: np.ndarray, cam: Camera, scene: CyclesScene,
                   samples: int = 64, seed: int = 0, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Path-trace a camera-frame mesh (mm) with per-vertex albedo [n_verts, 3] (linear).
@@ -191,7 +173,7 @@ def render_cycles(vertices: np.ndarray, faces: np.ndarray, albedo: np.ndarray, c
     s.render.image_settings.color_depth = "32"
     with tempfile.TemporaryDirectory() as tmp:
         s.render.filepath = str(Path(tmp) / "render.exr")
-        with _quiet_stdout():
+        with silenced_fd(1):  # Blender prints a line per sample
             bpy.ops.render.render(write_still=True)
         image = bpy.data.images.load(s.render.filepath)
         pixels = np.empty(cam.width * cam.height * 4, dtype=np.float32)

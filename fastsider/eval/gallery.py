@@ -27,7 +27,8 @@ from fastsider.io import OutputStage, load_mesh, save_json
 log = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data" / "gallery"
-SIDE_LIGHT = np.array([-0.85, -0.25, -0.45]) / np.linalg.norm([-0.85, -0.25, -0.45])  # from the left, a little above
+SIDE_LIGHT = np.array([-0.7, -0.3, -0.65]) / np.linalg.norm([-0.7, -0.3, -0.65])  # raking, from the upper left
+AMBIENT = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def relit(mesh_path: Path, cam: Camera) -> np.ndarray:
 
     mesh = load_mesh(mesh_path)
     surf = raycast_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), cam)
-    grey = np.clip(0.12 + 0.88 * np.clip(surf.normals @ SIDE_LIGHT, 0.0, 1.0), 0.0, 1.0)
+    grey = AMBIENT + (1.0 - AMBIENT) * np.clip(surf.normals @ SIDE_LIGHT, 0.0, 1.0)
     return np.where(surf.mask[..., None], grey[..., None].repeat(3, -1), 1.0)
 
 
@@ -113,5 +114,16 @@ def run_gallery(out_dir: Path, cfg: FitConfig, names: tuple[str, ...] | None = N
     with OutputStage(out_dir) as out:
         image_grid(rows, out.path("gallery.png"))
         save_json(out.path("gallery.json"), {"photos": records, "config": to_dict(cfg)})
+        out.commit()
+    return out_dir / "gallery.png"
+
+
+def redraw_gallery(out_dir: Path) -> Path:
+    """gallery.png again from the fits already in ``out_dir`` (after a change to the picture only)."""
+    from fastsider.report import image_grid
+
+    records = json.loads((out_dir / "gallery.json").read_text())["photos"]
+    with OutputStage(out_dir) as out:
+        image_grid([(r["name"], gallery_row(out_dir / "fits" / r["name"])) for r in records], out.path("gallery.png"))
         out.commit()
     return out_dir / "gallery.png"

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from fastsider.errors import InputError
+from fastsider.io import silenced_fd
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     h, w = rgb.shape[:2]
-    with _native_stderr_silenced():
+    with silenced_fd(2):  # MediaPipe's C++ side (absl, TFLite) warns on fd 2 whatever the environment says
         import mediapipe as mp  # heavy import: only when detection is needed
 
         with mp.solutions.face_mesh.FaceMesh(
@@ -56,24 +55,6 @@ def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
     if len(arrays) > 1:
         log.info("found %d faces in %s; using the largest", len(arrays), source)
     return arrays[best]
-
-
-@contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """MediaPipe's C++ side (absl, TFLite) writes warnings to file descriptor 2 whatever the
-    environment says; point fd 2 at /dev/null while it runs. Python's sys.stderr is untouched."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real fd 2 (embedded interpreters): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def load_landmarks(path: str | Path) -> np.ndarray:
