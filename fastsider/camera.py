@@ -13,6 +13,7 @@ camera.json (written beside every output, read by ``--camera``)::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,16 +73,22 @@ class Camera:
             raise CameraError(f"camera.json has a malformed value ({exc})") from None
         if w2c.shape != (4, 4) or not np.all(np.isfinite(w2c)):
             raise CameraError(f"camera.json world_to_camera must be a finite 4x4 matrix, got shape {w2c.shape}")
+        for key in ("fx", "fy", "cx", "cy"):
+            if not math.isfinite(getattr(cam, key)):
+                raise CameraError(f"camera.json {key} must be a finite number, got {getattr(cam, key)}")
         if cam.width <= 0 or cam.height <= 0 or cam.fx <= 0 or cam.fy <= 0:
             raise CameraError("camera.json needs positive width, height, fx and fy")
         return cam
 
     @staticmethod
     def load(path: str | Path) -> "Camera":
+        p = Path(path)
+        if not p.is_file():  # a folder, or a pipe that would block the read
+            raise CameraError(f"camera file not found or not a regular file: {p}")
         try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise CameraError(f"camera file not found: {path}") from None
+            d = json.loads(p.read_text())
+        except OSError as exc:
+            raise CameraError(f"cannot read camera file {path}: {exc.strerror}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CameraError(f"camera file {path} is not valid JSON ({exc})") from None
         if not isinstance(d, dict):

@@ -23,7 +23,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--landmarks", type=Path, help="your own 478 MediaPipe landmarks (.npy or .json), skips detection")
     p.add_argument("--flame", type=Path, help="your FLAME model file (generic_model.pkl, flame2023.pkl or .npz)")
     p.add_argument("--flame-embedding", type=Path, help="MediaPipe landmark embedding for FLAME (.npz)")
-    p.add_argument("--coarse", type=Path, help="your own coarse mesh (mm) instead of fitting; needs --camera")
+    p.add_argument("--coarse", type=Path, help="your own coarse mesh instead of fitting; needs --camera")
+    p.add_argument("--coarse-units", choices=["mm", "cm", "m"], default="mm",
+                   help="units of --coarse and of its camera's world_to_camera translation (DECA, MICA, FLAME: m)")
     p.add_argument("--camera", type=Path, help="camera.json for --coarse (see README)")
 
 
@@ -116,7 +118,7 @@ def _inputs(args: argparse.Namespace):
     if args.example == (args.image is not None):
         raise FastsiderError("give an input photo or --example (not both)")
     return CoarseInputs(landmarks=args.landmarks, flame=args.flame, flame_embedding=args.flame_embedding,
-                        mesh=args.coarse, camera=args.camera)
+                        mesh=args.coarse, camera=args.camera, mesh_units=args.coarse_units)
 
 
 def cmd_coarse(args: argparse.Namespace) -> int:
@@ -127,7 +129,7 @@ def cmd_coarse(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     inputs = _inputs(args)
     out_dir, mesh_name = _out_paths(args.out, "coarse.ply")
-    with OutputStage(out_dir) as out:  # checks the folder is writable before any work
+    with OutputStage(out_dir, expect=(mesh_name,)) as out:  # checks the folder is writable before any work
         prep = prepare(args.image, cfg, inputs)
         write_coarse_outputs(out, prep, mesh_name)
         out.commit()
@@ -231,30 +233,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 class _ProgressBars:
-    """One rich progress bar per stage, with the stage's latest losses."""
+    """One rich progress bar per stage, with the stage's latest losses; where the output is a file or a
+    pipe (a batch, a cluster job), where bars would show nothing until the end, a log line at the
+    first step, every tenth of the stage and the last (``live`` says which)."""
 
     SHOWN = ("loss", "sdf_mm", "psnr", "hit_fraction")
+    LOG_LINES = 10  # progress lines per stage when not on a terminal
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool | None = None) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.live = Console().is_terminal if live is None else live
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[stats]}"), transient=False)
         self.tasks: dict[str, int] = {}
+        self.started: dict[str, float] = {}
 
     def update(self, stage: str, step: int, total: int, stats: dict[str, float]) -> None:
+        text = "  ".join(f"{k} {stats[k]:.4g}" for k in self.SHOWN if k in stats)
+        if not self.live:
+            import time
+
+            start = self.started.setdefault(stage, time.perf_counter())
+            if step == 1 or step == total or step % max(1, total // self.LOG_LINES) == 0:
+                log.info("%s: step %d of %d (%.0f s)%s", stage, step, total, time.perf_counter() - start,
+                         f"  {text}" if text else "")
+            return
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total, stats="")
         if step % 10 == 0 or step == total:
-            text = "  ".join(f"{k} {stats[k]:.4g}" for k in self.SHOWN if k in stats)
             self.progress.update(self.tasks[stage], completed=step, stats=text)
 
     def __enter__(self) -> "_ProgressBars":
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:

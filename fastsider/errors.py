@@ -7,3 +7,8 @@ class FastsiderError(Exception):
 
 class InputError(FastsiderError, ValueError):
     """An image, landmark file, mesh or output path that cannot be used."""
+
+
+class OutputError(FastsiderError):
+    """Outputs that cannot be written or moved into place: a full disk, no permission, a folder where
+    a file goes, or an output folder another run is using."""

@@ -7,14 +7,14 @@ whole job succeeded (:class:`OutputStage`), so a failed run leaves no half-writt
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,39 +27,57 @@ from scipy.ndimage import gaussian_filter
 from skimage.transform import AffineTransform, warp
 
 from fastsider.config import ImageConfig
-from fastsider.errors import InputError
+from fastsider.errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
 
 UINT16_MAX = 65535.0
 
 
+def regular_file(path: str | Path, what: str = "input") -> Path:
+    """``path`` if it is a regular file (or a link to one), else :class:`InputError`: a folder, a pipe
+    or a device is refused before anything opens it (reading a FIFO would block for ever)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} is a directory, not a file: {p}")
+    if not p.is_file():
+        raise InputError(f"{what} is not a regular file (a pipe, socket or device?): {p}")
+    return p
+
+
 def load_image(path: str | Path, cfg: ImageConfig = ImageConfig()) -> np.ndarray:
     """Read an image as 8-bit RGB ``[H, W, 3]`` with EXIF orientation applied.
 
-    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted. Raises
-    :class:`InputError` with one line for anything that is not a usable image.
+    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted. The size limit is
+    ``image.max_megapixels``, checked on the header before decoding (Pillow's own bomb guard, fixed
+    at 89 MP, is off). Raises :class:`InputError` with one line for anything that is not a usable image.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input not found: {p}")
-    if p.is_dir():
-        raise InputError(f"input is a directory, not an image: {p}")
+    p = regular_file(path, "input image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                _check_size(p, img.size, cfg)
-                img.load()  # decode now: truncated files fail here, not later
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb8(img)
+        with _pillow_size_limit_off(), Image.open(p) as img:
+            _check_size(p, img.size, cfg)
+            img.load()  # decode now: truncated files fail here, not later
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb8(img)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
         raise InputError(f"not a readable image: {p} ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot decode image {p}: {exc}") from None
     return rgb
+
+
+@contextmanager
+def _pillow_size_limit_off() -> Iterator[None]:
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 EXAMPLE_NAME = "astronaut"  # scikit-image's bundled portrait (Eileen Collins, public domain)
@@ -77,7 +95,8 @@ def _check_size(p: Path, size: tuple[int, int], cfg: ImageConfig) -> None:
     if min(w, h) < cfg.min_image_px:
         raise InputError(f"image {p} is too small ({w}x{h}); need at least {cfg.min_image_px} px per side")
     if w * h > cfg.max_megapixels * 1e6:
-        raise InputError(f"image {p} is too large ({w}x{h}); limit is {cfg.max_megapixels:g} megapixels")
+        raise InputError(f"image {p} is too large ({w}x{h}, {w * h / 1e6:.1f} megapixels); the limit is "
+                         f"image.max_megapixels = {cfg.max_megapixels:g} (raise it with --set)")
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
@@ -146,25 +165,38 @@ def apply_crop(rgb: np.ndarray, crop: CropTransform) -> np.ndarray:
 # all-or-nothing outputs
 
 
+# errors of writing, whatever the path: no space or quota, a file too large, a read-only or failing
+# disk, no permission
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
 class OutputStage:
     """Collects a job's output files in a temporary folder; :meth:`commit` moves them into place.
 
-    Use as a context manager: on an exception nothing reaches the destination folder. A resumable
-    stage (``partial``) keeps its hidden folder after an exception when it holds private state
-    (a checkpoint), so ``--resume`` can continue.
+    Use as a context manager: on an exception nothing reaches the destination folder (a folder the
+    stage created is removed again if it stayed empty). A resumable stage (``partial``) keeps its
+    hidden folder after an exception when it holds private state (a checkpoint), so ``--resume``
+    can continue. One stage at a time per folder: the folder is locked while the stage is open.
+    OS errors while writing or moving (a full disk, no permission) become one-line :class:`OutputError`.
     """
 
-    def __init__(self, out_dir: str | Path, partial: str | None = None, resume: bool = False):
+    def __init__(self, out_dir: str | Path, partial: str | None = None, resume: bool = False,
+                 expect: tuple[str, ...] = ()):
         """``partial``: a fixed hidden staging folder that survives an interrupted run (with its
-        private state, e.g. checkpoints); ``resume`` keeps what an earlier run staged there."""
+        private state, e.g. checkpoints); ``resume`` keeps what an earlier run staged there;
+        ``expect``: outputs whose targets are checked now, before the job (:meth:`commit` checks all)."""
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"output folder is a file: {self.out_dir}")
         self.names: dict[str, None] = {}  # ordered set
         self.inherited: set[str] = set()  # staged by an earlier, interrupted run
         self.resumable = partial is not None
+        self.created = [d for d in (self.out_dir, *self.out_dir.parents) if not d.exists()]  # deepest first
+        for name in expect:
+            self._check_target(self.out_dir / name)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = lock_folder(self.out_dir)  # before anything in it is touched
             if partial is None:
                 self.tmp = Path(tempfile.mkdtemp(prefix=".fastsider-tmp-", dir=self.out_dir))
             else:
@@ -173,6 +205,7 @@ class OutputStage:
                     shutil.rmtree(self.tmp)
                 self.tmp.mkdir(exist_ok=True)
         except OSError as exc:
+            self._release()
             raise InputError(f"cannot write to output folder {self.out_dir}: {exc.strerror}") from None
         for f in sorted(self.tmp.rglob("*")):
             rel = f.relative_to(self.tmp).as_posix()
@@ -196,14 +229,43 @@ class OutputStage:
         return p
 
     def commit(self) -> list[Path]:
-        final = []
-        for name in self.names:
-            dst = self.out_dir / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.tmp / name, dst)
-            final.append(dst)
+        """Move every output into ``out_dir``, or none: each target is checked first, and a move
+        that fails all the same undoes the ones before it (files they replaced are put back)."""
+        moves = [(self.tmp / name, self.out_dir / name) for name in self.names]
+        for _, dst in moves:
+            self._check_target(dst)
+        backup = self.tmp / ".replaced"
+        done: list[tuple[Path, Path, Path | None]] = []
+        try:
+            for src, dst in moves:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                old = None
+                if dst.exists() or dst.is_symlink():
+                    old = backup / src.relative_to(self.tmp)
+                    old.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(dst, old)
+                done.append((src, dst, old))
+                os.replace(src, dst)
+        except OSError as exc:
+            for src, dst, old in reversed(done):
+                with suppress(OSError):
+                    if not src.exists():
+                        os.replace(dst, src)
+                    if old is not None:
+                        os.replace(old, dst)
+            raise OutputError(f"cannot move the outputs into {self.out_dir}: {exc.strerror} ({exc.filename})") from None
         shutil.rmtree(self.tmp, ignore_errors=True)
-        return final
+        return [dst for _, dst in moves]
+
+    def _check_target(self, dst: Path) -> None:
+        if dst.is_dir() and not dst.is_symlink():
+            raise OutputError(f"cannot write {dst}: a folder is in the way")
+        for parent in dst.relative_to(self.out_dir).parents:
+            folder = self.out_dir / parent
+            if folder.exists() and not folder.is_dir():
+                raise OutputError(f"cannot write {dst}: {folder} is a file")
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write {dst}: no permission to write in {folder}")
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -215,8 +277,57 @@ class OutputStage:
         return self.resumable and any(p.is_file() for p in self.tmp.glob(".*/*"))
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not self.has_private_state():
-            self.abort()
+        kept = exc_type is not None and self.has_private_state()
+        try:
+            if exc_type is not None and not kept:
+                self.abort()
+                for d in self.created:  # deepest first: only folders this stage made, and only if empty
+                    with suppress(OSError):
+                        d.rmdir()
+        finally:
+            self._release()
+        if isinstance(exc, OSError) and self._is_write_error(exc):
+            where = f" ({exc.filename})" if exc.filename else ""
+            exc = OutputError(f"cannot write the outputs in {self.out_dir}: {exc.strerror or exc}{where}")
+        if isinstance(exc, OutputError):
+            hint = ("; the checkpoint is kept: fix this, then rerun with --resume" if kept
+                    else "; no outputs were written")
+            raise OutputError(f"{exc}{hint}") from None
+
+    def _is_write_error(self, exc: OSError) -> bool:
+        """A full disk, a read-only or failing disk, no permission, or anything about a path in ``out_dir``."""
+        inside = exc.filename is not None and Path(os.path.abspath(exc.filename)).is_relative_to(
+            os.path.abspath(self.out_dir))
+        return inside or exc.errno in WRITE_ERRNOS
+
+    def _release(self) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            os.close(lock)
+            self.lock = None
+
+
+def lock_folder(folder: Path) -> int | None:
+    """An exclusive lock on ``folder`` itself, held by the returned descriptor (close it to release;
+    the OS releases it when the process dies, so a killed run leaves no stale lock, and no lock file
+    is left behind). :class:`OutputError` if another process holds it. None where the system or the
+    file system has no ``flock`` (the folder is then used unlocked)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"output folder {folder} is in use by another fastsider run; wait for it to "
+                          "finish or choose another --out") from None
+    except OSError:
+        os.close(fd)
+        log.debug("no lock on %s: its file system does not support flock", folder)
+        return None
+    return fd
 
 
 def save_json(path: Path, data: Any) -> None:
@@ -237,7 +348,8 @@ def save_image(path: Path, img: np.ndarray) -> None:
     """Float images in [0, 1] or uint8 -> PNG."""
     if img.dtype != np.uint8:
         img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    iio.imwrite(path, img)
+    # encoded in memory, then written: a full disk is one OSError here, not one more from a destructor
+    path.write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
 
 
 def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -246,9 +358,7 @@ def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
     """A triangle mesh (PLY/OBJ/STL/OFF/GLB), or :class:`InputError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"mesh not found: {p}")
+    p = regular_file(path, "mesh")
     try:
         mesh = trimesh.load(p, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for bad files

@@ -12,7 +12,7 @@ from torch import Tensor
 from fastsider.config import DetailStageConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.nn.priors import laplacian_energy, log_sparsity, total_variation
-from fastsider.render import (FrozenSurface, RayBundle, blur_at_pixels, height_with_gradient, render_height_map,
+from fastsider.render import (FrozenSurface, PixelBlur, RayBundle, height_with_gradient, render_height_map,
                               render_rays)
 from fastsider.sdf import losses
 
@@ -54,12 +54,13 @@ def traced_terms(model: SiderModel, rays: RayBundle, points: Tensor, points_sdf:
 
 
 def height_map_terms(model: SiderModel, s: FrozenSurface, points: Tensor, points_sdf: Tensor, point_idx: Tensor,
-                     cfg: DetailStageConfig, unit_mm: float, scatter_px: float = 0.0) -> dict[str, Tensor]:
+                     cfg: DetailStageConfig, unit_mm: float, scatter: PixelBlur | None = None) -> dict[str, Tensor]:
     """The "height_map" detail: every frozen ray, and the pool's points [n_pts, 3] (their cached F at
-    ``point_idx``) with f = F - h and grad f = grad F - grad h. ``scatter_px`` > 0: the rendered colours
-    blurred over the crop's pixels first (subsurface scattering)."""
+    ``point_idx``) with f = F - h and grad f = grad F - grad h. ``scatter``: the rendered colours
+    blurred over the frozen rays' pixels first (subsurface scattering)."""
     _, _, rgb = render_height_map(model, s)
-    rgb = blur_at_pixels(rgb, s.rays.pixels, scatter_px)
+    if scatter is not None:
+        rgb = scatter(rgb)
     h, h_grad = height_with_gradient(model.geometry.height, points)
     pts_sdf = s.pool_sdf[point_idx] - h
     pts_grad = s.pool_gradient[point_idx] - h_grad

@@ -24,12 +24,17 @@ class SurfaceImage(NamedTuple):
     mask: np.ndarray     # [H, W] bool
 
 
+def ray_directions(cam: Camera) -> np.ndarray:
+    """Unit camera-frame directions [H * W, 3] of the rays through every pixel centre, row-major."""
+    pix = pixel_grid(cam)
+    dirs = np.stack([(pix[:, 0] - cam.cx) / cam.fx, (pix[:, 1] - cam.cy) / cam.fy, np.ones(len(pix))], 1)
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
 def raycast_mesh(vertices: np.ndarray, faces: np.ndarray, cam: Camera) -> SurfaceImage:
     """First hit of every pixel's ray with a camera-frame mesh ([n_verts, 3], [n_faces, 3])."""
     mesh = trimesh.Trimesh(vertices, faces, process=False)
-    pix = pixel_grid(cam)
-    dirs = np.stack([(pix[:, 0] - cam.cx) / cam.fx, (pix[:, 1] - cam.cy) / cam.fy, np.ones(len(pix))], 1)
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = ray_directions(cam)
     locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
     depth = np.zeros(cam.height * cam.width)
     normals = np.zeros((cam.height * cam.width, 3))

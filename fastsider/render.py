@@ -158,29 +158,67 @@ def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = 
     return x, normals, model.appearance(x, normals, d, s.feature)
 
 
-def blur_at_pixels(values: Tensor, pixels: Tensor, sigma_px: float) -> Tensor:
-    """A Gaussian blur (sigma in pixels) of per-pixel values [n, C] at integer pixels [n, 2] (u, v),
-    normalized over the pixels present (a missing neighbour does not darken the border).
+def _radius(sigma: float) -> int:
+    return max(1, int(3.0 * sigma + 0.5)) if sigma > 0 else 0
+
+
+def _circular_kernel(sigma: float, n: int, device: torch.device) -> Tensor:
+    """The normalized Gaussian of ``sigma`` samples cut at 3 sigma, centred on sample 0 of a circular
+    array of length ``n`` (a unit impulse for sigma 0)."""
+    r = _radius(sigma)
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2) if sigma > 0 else torch.ones(1, device=device)
+    out = torch.zeros(n, device=device)
+    out[x.long() % n] = k / k.sum()
+    return out
+
+
+class PixelBlur:
+    """A Gaussian blur (sigma in pixels; one, or one per channel) of per-pixel values [n, C] at fixed
+    integer pixels [n, 2] (u, v), normalized over the pixels present (a missing neighbour does not
+    darken the border). Differentiable w.r.t. the values.
 
     Skin scatters light under its surface: shading is blurred over about a millimetre before it
     leaves the skin, and a sharp shading model would explain the blur with flattened geometry.
-    Differentiable w.r.t.: values.
+    The channels go through one FFT, zero-padded so nothing wraps around (on CPU several
+    times faster, with its backward, than separable convolutions); the blurred coverage that
+    normalizes them is computed once for the fixed pixels.
     """
-    if sigma_px <= 0:
-        return values
-    uv = pixels.round().long()
-    lo = uv.min(dim=0).values
-    uv = uv - lo
-    w, h = (int(x) + 1 for x in uv.max(dim=0).values)
-    c = values.shape[1]
-    image = values.new_zeros(c + 1, h, w)
-    image = image.index_put((torch.arange(c + 1, device=values.device)[:, None], uv[None, :, 1], uv[None, :, 0]),
-                            torch.cat([values, values.new_ones(len(values), 1)], dim=1).T)
-    radius = max(1, int(3.0 * sigma_px + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
-    k = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    k = k / k.sum()
-    image = torch.nn.functional.conv2d(image[:, None], k.view(1, 1, 1, -1), padding=(0, radius))
-    image = torch.nn.functional.conv2d(image, k.view(1, 1, -1, 1), padding=(radius, 0))[:, 0]
-    blurred = image[:c] / image[c:].clamp_min(1e-6)
-    return blurred[:, uv[:, 1], uv[:, 0]].T
+
+    def __init__(self, pixels: Tensor, sigma_px: float | tuple[float, ...], channels: int = 3):
+        sigmas = tuple(sigma_px) if isinstance(sigma_px, tuple) else (float(sigma_px),)
+        self.sigmas = sigmas * channels if len(sigmas) == 1 else sigmas
+        if len(self.sigmas) != channels:
+            raise ValueError(f"{len(self.sigmas)} sigmas for {channels} channels")
+        self.active = max(self.sigmas) > 0
+        if not self.active:
+            return
+        pad = max(_radius(sig) for sig in self.sigmas)
+        uv = pixels.round().long()
+        self.uv = uv - uv.min(dim=0).values + pad
+        self.size = tuple(int(x) + 1 + pad for x in self.uv.max(dim=0).values.flip(0))  # (h, w)
+        h, w = self.size
+        # the transform of the sampled kernel (cut at 3 sigma), laid out circularly: with the padding,
+        # exactly the spatial blur
+        ky = torch.stack([torch.fft.fft(_circular_kernel(sig, h, pixels.device)).real for sig in self.sigmas])
+        kx = torch.stack([torch.fft.rfft(_circular_kernel(sig, w, pixels.device)).real for sig in self.sigmas])
+        self.transfer = ky[:, :, None] * kx[:, None, :]  # [C, h, w // 2 + 1]
+        coverage = self._blur(torch.ones(len(uv), channels, device=pixels.device))
+        self.inv_coverage = 1.0 / coverage.clamp_min(1e-6)
+
+    def _blur(self, values: Tensor) -> Tensor:
+        c = values.shape[1]
+        image = values.new_zeros(c, *self.size).index_put(
+            (torch.arange(c, device=values.device)[:, None], self.uv[None, :, 1], self.uv[None, :, 0]), values.T)
+        image = torch.fft.irfft2(torch.fft.rfft2(image) * self.transfer.to(values.dtype), s=self.size)
+        return image[:, self.uv[:, 1], self.uv[:, 0]].T
+
+    def __call__(self, values: Tensor) -> Tensor:
+        if not self.active:
+            return values
+        return self._blur(values) * self.inv_coverage.to(values.dtype)
+
+
+def blur_at_pixels(values: Tensor, pixels: Tensor, sigma_px: float | tuple[float, ...]) -> Tensor:
+    """``PixelBlur(pixels, sigma_px, C)(values)`` for values [n, C]: a one-off blur."""
+    return PixelBlur(pixels, sigma_px, values.shape[1])(values)

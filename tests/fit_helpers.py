@@ -13,7 +13,7 @@ import trimesh
 TINY_FIT = ("image.resolution=96", "stage1.iterations=300", "stage1.batch_points=2048", "sdf_pool.size=49152",
             "stage2.iterations=4", "stage2.mlp.rays_per_batch=256", "stage2.sdf_points_per_batch=512",
             "stage2.snapshot_every=2", "mesh.resolution=64", "trace.grid_resolution=32",
-            "model.lattice.resolution=96", "model.height_map.resolution=0")
+            "model.lattice.resolution=96", "model.height_map.resolution=0", "export.texture_size=256")
 
 
 def fit_argv(photo: Path, landmarks: Path, out: Path, *overrides: str, seed: int = 3) -> list[str]:

@@ -34,11 +34,11 @@ def test_batch_records_a_bad_photo_finishes_the_rest_and_reruns_for_free(tmp_pat
     assert {k: v["status"] for k, v in manifest.items()} == {"a.png": "done", "sub/b.png": "done",
                                                               "broken.jpg": "failed"}
     assert "broken.jpg" in manifest["broken.jpg"]["reason"]
-    for rel in ("a", "sub/b"):
+    for rel in ("a_png", "sub/b_png"):
         assert (out / rel / "mesh.ply").is_file() and (out / rel / "summary.json").is_file()
-    assert not (out / "broken").exists() or not any((out / "broken").iterdir())
-    a = np.load(out / "a" / "depth.npy")
-    assert np.array_equal(a, np.load(out / "sub" / "b" / "depth.npy"))  # same photo, same seed
+    assert not (out / "broken_jpg").exists()  # a failed photo leaves no folder
+    a = np.load(out / "a_png" / "depth.npy")
+    assert np.array_equal(a, np.load(out / "sub" / "b_png" / "depth.npy"))  # same photo, same seed
 
     import fastsider.stages.batch as batch
 
@@ -61,7 +61,13 @@ def test_output_folders_never_clash_and_outputs_are_not_inputs(tmp_path):
     from fastsider.stages.batch import find_images, output_folders
 
     folders = output_folders([Path("a.jpg"), Path("a.png"), Path("sub/b.png")])
-    assert folders == {"a.jpg": "a_jpg", "a.png": "a_png", "sub/b.png": "sub/b"}
+    assert folders == {"a.jpg": "a_jpg", "a.png": "a_png", "sub/b.png": "sub/b_png"}
+    # the same name but for case (one folder on a case-insensitive file system), a name made to look like
+    # another's folder, and an earlier run's folders kept for their photos and given to no other
+    folders = output_folders([Path("a.jpg"), Path("a.JPG"), Path("A.jpg"), Path("a_jpg.png")])
+    assert len({f.casefold() for f in folders.values()}) == 4 and folders["a_jpg.png"] == "a_jpg_png"
+    again = output_folders([Path("B.png"), Path("b.png")], earlier={"b.png": "b_png", "gone.png": "x"})
+    assert again == {"b.png": "b_png", "B.png": "B_png-2"}
     inp = tmp_path / "in"
     (inp / "out" / "a").mkdir(parents=True)
     (inp / ".hidden").mkdir()

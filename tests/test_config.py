@@ -62,3 +62,30 @@ def test_reference_preset_has_no_lattice():
 
     assert load_config("reference").model.sdf == "mlp"
     assert load_config("fast").model.sdf == "lattice"
+
+
+def test_every_numeric_key_declares_its_range():
+    import dataclasses
+    import typing
+
+    def numeric_leaves(cls, prefix=""):
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                yield from numeric_leaves(tp, f"{prefix}{f.name}.")
+            elif typing.get_origin(tp) is not typing.Literal and (
+                    tp in (int, float) or typing.get_origin(tp) in (typing.Annotated, tuple)):
+                yield f"{prefix}{f.name}", typing.get_origin(tp) is typing.Annotated or (
+                    typing.get_origin(tp) is tuple and typing.get_origin(typing.get_args(tp)[0]) is typing.Annotated)
+    unchecked = [k for k, ranged in numeric_leaves(FitConfig) if not ranged]
+    assert not unchecked, f"numeric config keys without a range: {unchecked}"
+
+
+def test_a_value_out_of_range_or_not_finite_names_its_key():
+    with pytest.raises(ConfigError, match=r"^mesh.resolution must be >= 8 and <= 1024, got 4096$"):
+        load_config(None, ["mesh.resolution=4096"])
+    with pytest.raises(ConfigError, match=r"^stage2.height_map.lr must be a finite number, got nan$"):
+        load_config(None, ["stage2.height_map.lr=nan"])  # finiteness reaches every section
+    with pytest.raises(ConfigError, match=r"^sdf_pool.near_std_mm\[0\] must be > 0, got -1.0$"):
+        load_config(None, ["sdf_pool.near_std_mm=[-1.0]"])

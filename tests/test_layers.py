@@ -19,6 +19,7 @@ LAYERS = {
     "fastsider.objective": 5,
     "fastsider.model": 4, "fastsider.render": 4,
     "fastsider.nn": 3, "fastsider.sdf": 3, "fastsider.face": 3, "fastsider.io": 3, "fastsider.pictures": 3,
+    "fastsider.export": 3,
     "fastsider.config": 2, "fastsider.camera": 2,
     "fastsider.report": 1, "fastsider.errors": 1, "fastsider": 1,
 }

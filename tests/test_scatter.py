@@ -39,3 +39,13 @@ def test_srgb_round_trip_and_the_curve_s_known_points():
     np.testing.assert_allclose(srgb_encode(srgb_decode(x)), x, atol=1e-12)
     assert float(srgb_decode(np.array(0.5))) == pytest.approx(0.214, abs=1e-3)  # mid grey is ~21% of the light
     assert float(srgb_encode(np.array(0.0031308))) == pytest.approx(0.04045, abs=1e-5)  # the curve's knee
+
+
+def test_blur_per_channel_is_each_channel_blurred_alone():
+    g = torch.Generator().manual_seed(1)
+    pix = grid_pixels(12, 10)
+    values = torch.rand(len(pix), 3, generator=g)
+    each = blur_at_pixels(values, pix, (1.5, 0.0, 0.7))
+    for k, s in enumerate((1.5, 0.0, 0.7)):
+        torch.testing.assert_close(each[:, k:k + 1], blur_at_pixels(values[:, k:k + 1], pix, s))
+    torch.testing.assert_close(blur_at_pixels(values, pix, (0.9,)), blur_at_pixels(values, pix, 0.9))

@@ -13,6 +13,7 @@ from fastsider.config.schema import (
     DefaultModelConfig,
     DetailStageConfig,
     EncodingConfig,
+    ExportConfig,
     FitConfig,
     FlameFitConfig,
     GeometryMLPConfig,

@@ -100,8 +100,8 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     """A preset name (``fast``, ``reference``) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        if not p.is_file():  # missing, a folder, or a pipe (whose read would block)
+            raise ConfigError(f"config file not found or not a regular file: {p}")
         return p
     candidate = PRESET_DIR / f"{name_or_path}.toml"
     if not candidate.is_file():

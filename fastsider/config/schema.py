@@ -12,66 +12,77 @@ geometric init are torch-only extras that the tcnn backend refuses rather than i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastsider.errors import FastsiderError
+from annotated_types import Gt, Interval, Le, MinLen
+
+from fastsider.config.constraints import (
+    AtLeastOne,
+    ConfigError,
+    Count,
+    NonNegative,
+    Positive,
+    check_fields,
+)
 
 Backend = Literal["auto", "torch", "tcnn"]
 NormalMode = Literal["autograd", "finite_difference"]
-
-
-class ConfigError(FastsiderError, ValueError):
-    """A config file or override that does not fit the schema."""
+# Ranges: each numeric field states its own (constraints.py); FitConfig checks them all at once.
+# Upper bounds on sizes keep memory in reach (e.g. mesh.resolution 1024: a 5 GB volume).
+FocalFactor = Annotated[float, Interval(ge=0.25, le=100.0)]
 
 
 @dataclass(frozen=True)
 class ImageConfig:
-    resolution: int = 512          # working square crop, pixels
-    crop_margin: float = 0.2       # extra border around the face box, fraction of its size
-    min_face_px: int = 64          # faces smaller than this (box side, input pixels) are refused
-    min_image_px: int = 64         # shorter image side below this is refused
-    max_megapixels: float = 100.0  # larger images are refused (memory)
+    resolution: Annotated[int, Interval(ge=32, le=2048)] = 512   # working square crop, pixels
+    crop_margin: Annotated[float, Interval(ge=0.0, le=2.0)] = 0.2  # extra border around the face box, fraction
+                                                                   # of its size
+    min_face_px: AtLeastOne = 64       # faces smaller than this (box side, input pixels) are refused
+    min_image_px: AtLeastOne = 64      # shorter image side below this is refused
+    max_megapixels: Annotated[float, Interval(gt=0.0, le=500.0)] = 100.0  # larger images are refused (memory:
+                                                                           # ~30 bytes a pixel while cropping)
 
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
-    ipd_mm: float = 63.0           # mean adult inter-pupillary distance (Dodgson 2004: 63.4 mm)
-    focal_factor: float = 4.0      # working focal length = focal_factor * resolution (px); ~14 deg FOV
-    subdivisions: int = 3          # Loop subdivisions of the 468-point face mesh: at 3 (~1 mm edges, 29k
-                                   # vertices) its limit surface is smooth; at 1 its triangles showed in
-                                   # normals.png and were carved into every detailed mesh
-    smooth_iterations: int = 5     # Taubin smoothing passes after subdivision
+    ipd_mm: Annotated[float, Interval(ge=20.0, le=120.0)] = 63.0  # mean adult inter-pupillary distance
+                                                                  # (Dodgson 2004: 63.4 mm)
+    focal_factor: FocalFactor = 4.0  # working focal length = focal_factor * resolution (px); ~14 deg FOV
+    subdivisions: Annotated[int, Interval(ge=0, le=5)] = 3  # Loop subdivisions of the 468-point face mesh: at
+                                   # 3 (~1 mm edges, 29k vertices) its limit surface is smooth; at 1 its
+                                   # triangles showed in normals.png and were carved into every detailed mesh
+    smooth_iterations: Count = 5   # Taubin smoothing passes after subdivision
 
 
 @dataclass(frozen=True)
 class FlameFitConfig:
-    n_shape: int = 100
-    n_expression: int = 50
-    iterations: int = 400
-    lr: float = 0.02
-    shape_prior: float = 1e-3      # weight of |beta|^2 (landmark loss is in px^2)
-    expression_prior: float = 1e-3
-    pose_prior: float = 1e-2       # weight of |jaw pose|^2
-    focal_factor: float = 4.0      # same camera model as the default coarse model
+    n_shape: Annotated[int, Interval(ge=0, le=300)] = 100      # FLAME has 300 shape components ...
+    n_expression: Annotated[int, Interval(ge=0, le=100)] = 50  # ... and 100 expression components
+    iterations: Count = 400
+    lr: Positive = 0.02
+    shape_prior: NonNegative = 1e-3      # weight of |beta|^2 (landmark loss is in px^2)
+    expression_prior: NonNegative = 1e-3
+    pose_prior: NonNegative = 1e-2       # weight of |jaw pose|^2
+    focal_factor: FocalFactor = 4.0      # same camera model as the default coarse model
 
 
 @dataclass(frozen=True)
 class EncodingConfig:
     otype: Literal["Frequency", "Identity"] = "Frequency"
-    n_frequencies: int = 6
+    n_frequencies: Annotated[int, Interval(ge=0, le=16)] = 6  # float32 holds no finer sine than 2^16 x
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     otype: Literal["FullyFusedMLP", "CutlassMLP", "VanillaMLP"] = "FullyFusedMLP"
-    n_neurons: int = 64
-    n_hidden_layers: int = 3
+    n_neurons: Annotated[int, Interval(ge=1, le=4096)] = 64
+    n_hidden_layers: Annotated[int, Interval(ge=1, le=64)] = 3
     activation: Literal["Softplus", "ReLU"] = "Softplus"
     output_activation: Literal["None", "Sigmoid"] = "None"
     # torch-only extras (the reference preset); the tcnn backend refuses them
-    skip_layers: tuple[int, ...] = ()   # hidden layer indices that re-receive the encoded input
-    softplus_beta: float = 100.0        # IDR's smooth ReLU
-    geometric_init: bool = False        # IDR sphere init (geometry MLP only)
+    skip_layers: tuple[Count, ...] = ()  # hidden layer indices that re-receive the encoded input
+    softplus_beta: Positive = 100.0      # IDR's smooth ReLU
+    geometric_init: bool = False         # IDR sphere init (geometry MLP only)
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,8 @@ class GeometryMLPConfig:
 
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    feature_dim: int = 16            # feature vector handed to the rendering MLP
-    init_sphere_radius: float = 0.5  # geometric init radius, normalized units
+    feature_dim: Annotated[int, Interval(ge=0, le=1024)] = 16  # feature vector handed to the rendering MLP
+    init_sphere_radius: Annotated[float, Interval(gt=0.0, le=1.0)] = 0.5  # geometric init radius, normalized units
 
 
 @dataclass(frozen=True)
@@ -105,16 +116,13 @@ class RenderingMLPConfig:
 
 @dataclass(frozen=True)
 class LatticeConfig:
-    resolution: int = 256            # samples per box side; ~0.7 mm on a face
-
-    def __post_init__(self) -> None:
-        if self.resolution < 2:
-            raise ConfigError(f"model.lattice.resolution must be >= 2, got {self.resolution}")
+    resolution: Annotated[int, Interval(ge=2, le=1024)] = 256  # samples per box side; ~0.7 mm on a face
+                                                               # (1024: 4 GB of float32)
 
 
 @dataclass(frozen=True)
 class HeightMapConfig:
-    resolution: int = 256            # samples per side over the working crop; 0: one per crop pixel
+    resolution: Annotated[int, Le(4096)] = 256  # samples per side over the working crop; 0: one per crop pixel
 
     def __post_init__(self) -> None:
         if self.resolution == 1 or self.resolution < 0:
@@ -125,23 +133,15 @@ class HeightMapConfig:
 class AlbedoMapConfig:
     # a cell of ~7 mm holds skin blotches down to ~15 mm but not a 1-6 mm wrinkle, whose shading is
     # then left to the geometry
-    resolution: int = 32             # B-spline control cells per side over the working crop
-
-    def __post_init__(self) -> None:
-        if self.resolution < 2:
-            raise ConfigError(f"model.albedo_map.resolution must be >= 2, got {self.resolution}")
+    resolution: Annotated[int, Interval(ge=2, le=1024)] = 32  # B-spline control cells per side over the crop
 
 
 @dataclass(frozen=True)
 class LightConfig:
     """The one directional light of model.shading = "albedo_directional"."""
 
-    shininess: float = 20.0          # initial Blinn-Phong exponent (learned)
+    shininess: Positive = 20.0       # initial Blinn-Phong exponent (learned)
     specular: bool = True            # learn a white sheen
-
-    def __post_init__(self) -> None:
-        if self.shininess <= 0:
-            raise ConfigError(f"model.light.shininess must be > 0, got {self.shininess}")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class ModelConfig:
 
     backend: Backend = "auto"          # the MLPs' implementation
     normals: NormalMode = "autograd"   # tcnn forces finite differences (no double backward)
-    fd_eps: float = 1e-3               # finite-difference step, normalized units
+    fd_eps: Annotated[float, Interval(gt=0.0, le=0.1)] = 1e-3  # finite-difference step, normalized units
     # the coarse SDF: "lattice" (fast) samples it on a lattice, exact from the start (no stage-1
     # steps); "mlp" (the paper) is the geometry MLP, fitted to it in stage 1
     sdf: Literal["lattice", "mlp"] = "lattice"
@@ -190,104 +190,104 @@ class ShellConfig:
     # signed (fast): pseudonormal signed distance, no thin sheet to tear; "shell" (the paper):
     # SDF_GT = dist(x, mesh) - eps/2
     target: Literal["shell", "signed"] = "signed"
-    thickness_mm: float = 1.0          # eps of the "shell" target
-    box_margin: float = 0.15           # normalization box = coarse bbox grown by this fraction
+    thickness_mm: Annotated[float, Interval(gt=0.0, le=20.0)] = 1.0  # eps of the "shell" target
+    box_margin: Annotated[float, Interval(ge=0.0, le=2.0)] = 0.15    # normalization box = coarse bbox grown by
+                                                                     # this fraction
 
 
 @dataclass(frozen=True)
 class CoarseStageConfig:
     """Stage 1: the geometry MLP fitted to the coarse SDF (model.sdf = "mlp")."""
 
-    iterations: int = 1000
-    batch_points: int = 8192
-    lr: float = 5e-3
-    lr_decay: float = 0.05             # lr falls exponentially to lr * lr_decay at the last step
-    eikonal_weight: float = 1e-4
-    max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
+    iterations: Count = 1000
+    batch_points: Annotated[int, Interval(ge=1, le=1 << 22)] = 8192
+    lr: Positive = 5e-3
+    lr_decay: Positive = 0.05          # lr falls exponentially to lr * lr_decay at the last step
+    eikonal_weight: NonNegative = 1e-4
+    max_seconds: NonNegative = 0.0     # wall-time budget for the stage's steps; 0 = none
 
 
 @dataclass(frozen=True)
 class SdfPoolConfig:
     """Points with their SDF_GT, drawn once: stage 1's batches and stage 2's SDF and eikonal terms."""
 
-    size: int = 196608                 # 24 stage-1 batches of 8192
-    near_std_mm: tuple[float, ...] = (0.3, 1.5, 8.0)  # Gaussian offsets of near-surface samples
-    uniform_fraction: float = 0.1      # share of samples uniform in the box
-
-    def __post_init__(self) -> None:
-        if self.size < 1 or not self.near_std_mm or not 0.0 <= self.uniform_fraction < 1.0:
-            raise ConfigError("sdf_pool: size >= 1, near_std_mm not empty, uniform_fraction in [0, 1)")
+    size: Annotated[int, Interval(ge=1, le=1 << 24)] = 196608  # 24 stage-1 batches of 8192
+    near_std_mm: Annotated[tuple[Positive, ...], MinLen(1)] = (0.3, 1.5, 8.0)  # Gaussian offsets of
+                                                                               # near-surface samples
+    uniform_fraction: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.1  # share of samples uniform in the box
 
 
 @dataclass(frozen=True)
 class TraceConfig:
-    max_steps: int = 48
-    hit_eps: float = 1e-4              # |f| below this is a hit, normalized units
-    secant_steps: int = 8
+    max_steps: Annotated[int, Interval(ge=1, le=10000)] = 48
+    hit_eps: Annotated[float, Interval(gt=0.0, lt=1.0)] = 1e-4  # |f| below this is a hit, normalized units
+    secant_steps: Annotated[int, Interval(ge=0, le=1000)] = 8
     use_occupancy_grid: bool = True
-    grid_resolution: int = 64          # occupancy grid cells per box side
-    grid_band_mm: float = 6.0          # cells within this distance of the coarse surface are kept
+    grid_resolution: Annotated[int, Interval(ge=2, le=512)] = 64  # occupancy grid cells per box side
+    grid_band_mm: Positive = 6.0       # cells within this distance of the coarse surface are kept
 
 
 @dataclass(frozen=True)
 class MLPDetailConfig:
     """Stage 2 with model.detail = "mlp": traced ray batches through the geometry MLP."""
 
-    lr: float = 1e-4                   # the paper's; 3e-4 and up tore holes in the astronaut's surface
-    rays_per_batch: int = 2048
+    lr: Positive = 1e-4                # the paper's; 3e-4 and up tore holes in the astronaut's surface
+    rays_per_batch: Annotated[int, Interval(ge=1, le=1 << 20)] = 2048
 
 
 @dataclass(frozen=True)
 class HeightMapDetailConfig:
     """Stage 2 with model.detail = "height_map": its step size and priors."""
 
-    lr: float = 0.02                   # Adam step size, mm: the albedo explains a fold's shading within tens
+    lr: Positive = 0.02                # Adam step size, mm: the albedo explains a fold's shading within tens
                                        # of steps while h must move ~1 mm
-    light_warmup_steps: int = 200      # albedo_directional: steps fitting the light alone first (one albedo,
+    light_warmup_steps: Count = 200    # albedo_directional: steps fitting the light alone first (one albedo,
                                        # h = 0); started together, a fine albedo takes the large-scale shading
-    smoothness: float = 0.1            # weight of h's mean squared Laplacian (mm^2)
-    tv: float = 0.03                   # weight of h's total variation (mean |neighbour difference|, mm)
-    sparsity: float = 0.4              # weight of h's log prior, mean of s log(1 + |h| / s) (mm): the L1 below
+    smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
+    tv: NonNegative = 0.03             # weight of h's total variation (mean |neighbour difference|, mm)
+    sparsity: NonNegative = 0.4        # weight of h's log prior, mean of s log(1 + |h| / s) (mm): the L1 below
                                        # s, a log above: a deep fold costs little more than a shallow one, a
                                        # wide sheet of noise its area
-    sparsity_mm: float = 0.01          # s, where the prior turns from L1 to log
-    scatter_mm: float = 0.0            # the rendered colour is blurred by a Gaussian of this sigma on the skin
-                                       # (subsurface scattering) before the photometric loss; 0: sharp
-    debias_steps: int = 200            # the last this many steps lift the sparsity and TV priors on the details
+    sparsity_mm: Positive = 0.01       # s, where the prior turns from L1 to log
+    # the rendered colour is blurred by a Gaussian of this sigma on the skin (subsurface scattering)
+    # before the photometric loss: one value for all channels or one each for R, G, B; 0: sharp.
+    # Skin scatters red light furthest (mean free paths ~1 / 0.35 / 0.2 mm): a sharp model explains the
+    # photo's blur with flattened geometry. One sigma for all channels (1.5 mm) cost the simple bench
+    # its gain; these help both benches (docs/tuning-log.md)
+    scatter_mm: Annotated[tuple[NonNegative, ...], MinLen(1)] = (1.0, 0.35, 0.2)
+    debias_steps: Count = 200          # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
                                        # stage2.iterations: a max_seconds stop before then skips it
-    debias_threshold_mm: float = 0.12
-    debias_grow_cells: int = 2
+    debias_threshold_mm: Positive = 0.12
+    debias_grow_cells: Count = 2
 
     def __post_init__(self) -> None:
-        if self.sparsity_mm <= 0.0:
-            raise ConfigError(f"stage2.height_map.sparsity_mm must be > 0, got {self.sparsity_mm}")
-        if self.debias_steps < 0 or self.debias_threshold_mm <= 0.0 or self.debias_grow_cells < 0:
-            raise ConfigError("stage2.height_map.debias_steps and debias_grow_cells must be >= 0, "
-                              "debias_threshold_mm > 0")
+        if len(self.scatter_mm) not in (1, 3):
+            raise ConfigError(f"stage2.height_map.scatter_mm takes 1 or 3 values (R, G, B), got {len(self.scatter_mm)}")
 
 
 @dataclass(frozen=True)
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: int = 600
-    appearance_lr: float = 0.02        # Adam step size of the rendering side (light, albedo map, rendering MLP)
-    color_weight: float = 1.0
-    sdf_weight: float = 0.0            # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).
+    iterations: Count = 600
+    appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
+    color_weight: NonNegative = 1.0
+    sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).
                                        # On a height map an L1 on h, costing a fold as much per mm as noise:
                                        # the height map is anchored by height_map.sparsity instead
-    eikonal_weight: float = 1e-4
-    sdf_points_per_batch: int = 4096   # points of the SDF and eikonal terms each step
-    lr_decay: float = 1.0              # the lr falls exponentially to lr * lr_decay at the last step ...
-    lr_decay_steps: int = 0            # ... over the last this many steps (0: all of them)
-    snapshot_every: int = 0            # steps between progress pictures (snapshots/, a full-crop trace each:
+    eikonal_weight: NonNegative = 1e-4
+    sdf_points_per_batch: Annotated[int, Interval(ge=1, le=1 << 22)] = 4096  # points of the SDF and eikonal
+                                                                             # terms each step
+    lr_decay: Positive = 1.0           # the lr falls exponentially to lr * lr_decay at the last step ...
+    lr_decay_steps: Count = 0          # ... over the last this many steps (0: all of them)
+    snapshot_every: Count = 0          # steps between progress pictures (snapshots/, a full-crop trace each:
                                        # ~10 s at 512 px on a 2-core CPU); 0: none
-    max_seconds: float = 0.0           # wall-time budget for the stage's steps; 0 = none
+    max_seconds: NonNegative = 0.0     # wall-time budget for the stage's steps; 0 = none
     skip_pigment: bool = True          # no photometric rays on pigment spots (freckles, moles), found by their
                                        # colour (face/pigment.py): shading cannot make them, h would carve them
-    pigment_threshold: float = 3.0     # a spot: melanin-like colour shift above this many robust std
+    pigment_threshold: Positive = 3.0  # a spot: melanin-like colour shift above this many robust std
     skip_features: bool = True         # no photometric rays on brows, eyes, lips (from the landmarks):
                                        # their colour is albedo a shading model would carve into the surface
     mlp: MLPDetailConfig = field(default_factory=MLPDetailConfig)
@@ -296,32 +296,54 @@ class DetailStageConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    resolution: int = 448              # marching-cubes samples along the longest box side: 0.39 mm on a
-                                       # face's 175 mm box
-    chunk_points: int = 131072
-    detail_band_mm: float = 5.0        # lattice + height map: the full SDF is evaluated only within this
+    resolution: Annotated[int, Interval(ge=8, le=1024)] = 448  # marching-cubes samples along the longest box
+                                       # side: 0.39 mm on a face's 175 mm box (1024: a 5 GB volume)
+    chunk_points: Annotated[int, Interval(ge=1, le=1 << 24)] = 131072
+    detail_band_mm: NonNegative = 5.0  # lattice + height map: the full SDF is evaluated only within this
                                        # of the lattice's surface, the lattice's sign stands further out
                                        # (details are ~1 mm); 0: everywhere in the band
+    min_piece_fraction: Annotated[float, Interval(ge=0.0, le=1.0)] = 0.01  # pieces of mesh.ply with fewer
+                                       # faces than this share of the largest are dropped (floating
+                                       # islands along the rim and in the mouth slit); 0: all kept
 
-    def __post_init__(self) -> None:
-        if self.detail_band_mm < 0.0:
-            raise ConfigError(f"mesh.detail_band_mm must be >= 0, got {self.detail_band_mm}")
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The detailed mesh on the coarse topology, its UV maps and the OBJ / glTF files (fastsider/export/)."""
+
+    topology: bool = True              # write them; false: mesh.ply and the pictures only
+    edge_px: Annotated[float, Interval(gt=0.0, le=64.0)] = 1.0  # target edge, working-crop pixels: the coarse
+                                       # mesh is midpoint-subdivided until its median edge comes nearest
+    max_faces: Annotated[int, Interval(ge=1, le=1 << 24)] = 1 << 20  # fewer subdivision levels beyond this
+    newton_steps: Annotated[int, Interval(ge=1, le=100)] = 5  # steps of each vertex along its normal onto
+                                       # the zero set, each at most 1 mm (the example: 3 leave 245 vertices
+                                       # over 0.01 mm, 5 none)
+    max_displacement_mm: Annotated[float, Interval(gt=0.0, le=50.0)] = 5.0  # |d| is clipped to this
+    fade_mm: Annotated[float, Interval(ge=0.0, le=100.0)] = 2.0  # the displacement fades to 0 over this
+                                       # distance towards what the camera does not see
+    texture_size: Annotated[int, Interval(ge=64, le=8192)] = 1024  # texels per side of every map (1024:
+                                       # ~0.2 mm texels on a face, 2 per working-crop pixel; 2048: 3x the time)
+    uv_atlas: Literal["auto", "disk", "xatlas"] = "auto"  # auto: one harmonic chart for a disk-like mesh
+                                       # (the default model), else xatlas (minutes on 58k faces)
+    slim_iterations: Annotated[int, Interval(ge=0, le=100)] = 0  # passes of SLIM evening out the disk chart's
+                                       # texel density (the nose: 1/7 of the mean -> ~1/2 after one, ~2 s)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """How a run is kept safe; not part of a checkpoint's config fingerprint."""
 
-    checkpoint_every: int = 100        # optimizer steps between checkpoints (and one at each stage end)
-    guard_every: int = 20              # steps between in-memory "last good" states for rollbacks
-    max_rollbacks: int = 4             # per stage; then stop with the last good state's mesh
-    rollback_lr_factor: float = 0.5    # lr multiplier applied at each rollback
-    explode_factor: float = 20.0       # a loss this many times the recent median counts as divergence
+    checkpoint_every: AtLeastOne = 100  # optimizer steps between checkpoints (and one at each stage end)
+    guard_every: AtLeastOne = 20        # steps between in-memory "last good" states for rollbacks
+    max_rollbacks: Count = 4            # per stage; then stop with the last good state's mesh
+    rollback_lr_factor: Annotated[float, Interval(gt=0.0, le=1.0)] = 0.5  # lr multiplier applied at each rollback
+    explode_factor: Annotated[float, Gt(1.0)] = 20.0  # a loss this many times the recent median counts as
+                                                      # divergence
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    seed: int = 0
+    seed: Annotated[int, Interval(ge=0, lt=1 << 63)] = 0  # torch and numpy take seeds in [0, 2^63)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image: ImageConfig = field(default_factory=ImageConfig)
     default_model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
@@ -333,9 +355,11 @@ class FitConfig:
     trace: TraceConfig = field(default_factory=TraceConfig)
     stage2: DetailStageConfig = field(default_factory=DetailStageConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every key's type-level range and finiteness, named by its dotted key
         if self.model.detail == "mlp" and self.stage2.sdf_weight <= 0.0:
             raise ConfigError("model.detail = 'mlp' needs stage2.sdf_weight > 0 (the paper's 100; the "
                               "height map's anchor is stage2.height_map.sparsity)")
@@ -381,4 +405,10 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
         out["shell.thickness_mm"] = "shell.target is not 'shell'"
     if not cfg.stage2.skip_pigment:
         out["stage2.pigment_threshold"] = "stage2.skip_pigment is off"
+    if not cfg.export.topology:
+        for key in ("edge_px", "max_faces", "newton_steps", "max_displacement_mm", "fade_mm", "texture_size",
+                    "uv_atlas", "slim_iterations"):
+            out[f"export.{key}"] = "export.topology is off"
+    elif cfg.export.uv_atlas == "xatlas":
+        out["export.slim_iterations"] = "export.uv_atlas = 'xatlas' makes no disk chart"
     return out

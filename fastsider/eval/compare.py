@@ -121,7 +121,9 @@ def preset_overrides(req: CompareRequest, preset: str, fast_summary: dict | None
         return shared + counts + ["stage1.max_seconds=0.0", "stage2.max_seconds=0.0"]
     if fast_summary is None:
         raise ValueError("a time budget needs the fast run's summary first")
-    secs = reference_time_limits({s: float(fast_summary["seconds"][s]) for s in STAGES})
+    # the optimisation loops' own seconds (summary["seconds"] holds each stage's wall time, set-up included)
+    secs = reference_time_limits({s: float(fast_summary.get(s, {}).get("seconds", fast_summary["seconds"][s]))
+                                  for s in STAGES})
     return shared + [f"{s}.iterations={TIME_BUDGET_ITERATIONS}" for s in STAGES] + \
         [f"{s}.max_seconds={secs[s]:.3f}" for s in STAGES]
 

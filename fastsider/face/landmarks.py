@@ -29,32 +29,61 @@ LEFT_IRIS_CENTRE = 473
 # NoW's seven landmarks in MediaPipe indices: eye corners (outer, inner) x2, subnasale (2, the
 # bottom of the nose, as in NoW's annotation and crop centre), mouth corners
 NOW_LANDMARK_IDS = (33, 133, 362, 263, 2, 61, 291)
+MAX_FACES = 8          # faces the face mesh looks for in one photo
+WINDOW_PER_FACE = 2.5  # side of the window the face mesh gets around a detected face, in face-box sides
 
 
 def detect_landmarks(rgb: np.ndarray, source: str = "image") -> np.ndarray:
     """MediaPipe face mesh on an 8-bit RGB image ``[H, W, 3]`` -> landmarks ``[478, 3]``.
 
-    Several faces: the largest is used and a log line says so. No face: :class:`InputError`.
+    Several faces: the largest is used and a log line says so. The face mesh's own detector sees the
+    photo shrunk to a square of 128 px, where the faces of a wide group photo vanish: when it finds
+    none, the full-range face detector looks for faces and the face mesh runs on a square around
+    the largest one. No face: :class:`InputError`.
     """
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    h, w = rgb.shape[:2]
     with silenced_fd(2):  # MediaPipe's C++ side (absl, TFLite) warns on fd 2 whatever the environment says
         import mediapipe as mp  # heavy import: only when detection is needed
 
-        with mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=8, refine_landmarks=True, min_detection_confidence=0.5
-        ) as face_mesh:
-            result = face_mesh.process(np.ascontiguousarray(rgb))
-    faces = result.multi_face_landmarks or []
+        faces = _face_mesh(mp, rgb, (0, 0))
+        if not faces:
+            for rows, cols in _face_windows(mp, rgb):
+                faces += _face_mesh(mp, rgb[rows, cols], (cols.start, rows.start))
     if not faces:
         raise InputError(f"no face found in {source}")
-    arrays = [np.array([[p.x * w, p.y * h, p.z * w] for p in f.landmark]) for f in faces]
-    areas = [np.prod(a[:, :2].max(0) - a[:, :2].min(0)) for a in arrays]
-    best = int(np.argmax(areas))
-    if len(arrays) > 1:
-        log.info("found %d faces in %s; using the largest", len(arrays), source)
-    return arrays[best]
+    areas = [np.prod(a[:, :2].max(0) - a[:, :2].min(0)) for a in faces]
+    if len(faces) > 1:
+        log.info("found %d faces in %s; using the largest", len(faces), source)
+    return faces[int(np.argmax(areas))]
+
+
+def _face_mesh(mp, rgb: np.ndarray, offset: tuple[int, int]) -> list[np.ndarray]:
+    """Every face MediaPipe's face mesh finds in ``rgb`` (a window of the photo at ``offset``, x, y),
+    as [478, 3] landmarks in the photo's pixels."""
+    h, w = rgb.shape[:2]
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=True, min_detection_confidence=0.5
+    ) as face_mesh:
+        result = face_mesh.process(np.ascontiguousarray(rgb))
+    return [np.array([[p.x * w + offset[0], p.y * h + offset[1], p.z * w] for p in f.landmark])
+            for f in result.multi_face_landmarks or []]
+
+
+def _face_windows(mp, rgb: np.ndarray) -> list[tuple[slice, slice]]:
+    """(rows, columns) of a square window around each face the full-range detector finds, largest first."""
+    h, w = rgb.shape[:2]
+    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
+        result = detector.process(np.ascontiguousarray(rgb))
+    windows = []
+    for d in result.detections or []:
+        b = d.location_data.relative_bounding_box
+        side = max(b.width * w, b.height * h)
+        cx, cy = (b.xmin + b.width / 2) * w, (b.ymin + b.height / 2) * h
+        half = side * WINDOW_PER_FACE / 2
+        x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
+        windows.append((side, (slice(y0, min(int(cy + half), h)), slice(x0, min(int(cx + half), w)))))
+    return [win for _, win in sorted(windows, key=lambda sw: -sw[0])[:MAX_FACES]]
 
 
 def load_landmarks(path: str | Path) -> np.ndarray:

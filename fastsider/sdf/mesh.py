@@ -126,3 +126,20 @@ def extract_face_mesh(sdf_fn: SdfFn, norm: Normalization, grid: OccupancyGrid | 
     mesh = trimesh.Trimesh(verts_mm, faces, process=False)
     mesh.remove_unreferenced_vertices()
     return np.asarray(mesh.vertices), np.asarray(mesh.faces)
+
+
+def drop_small_pieces(vertices: np.ndarray, faces: np.ndarray, min_fraction: float):
+    """The mesh without its pieces (faces connected through shared edges, as trimesh.split counts them)
+    of fewer faces than ``min_fraction`` of the largest one's: marching cubes leaves floating islands
+    where the SDF barely crosses zero (the rim of the band, the mouth slit), some touching the sheet at
+    a vertex. Returns (vertices [n', 3], faces [m', 3], pieces before, pieces dropped); ``min_fraction``
+    0 keeps everything."""
+    if len(faces) == 0:
+        return vertices, faces, 0, 0
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    label = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
+    piece_faces = np.bincount(label)
+    keep_piece = piece_faces >= min_fraction * piece_faces.max()
+    mesh.update_faces(keep_piece[label])
+    mesh.remove_unreferenced_vertices()
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces), len(piece_faces), int((~keep_piece).sum())

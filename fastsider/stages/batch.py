@@ -1,8 +1,9 @@
 """``fastsider batch``: one fit per photo of a folder, resumable through a manifest of input hashes.
 
-Each photo's outputs go to ``OUT/<relative path without suffix>/``. ``OUT/manifest.json`` records,
-per photo, its hash, the config hash, the status (done / failed / interrupted), the reason of a
-failure and the seconds spent; it is rewritten atomically after every photo. A rerun skips photos
+Each photo's outputs go to ``OUT/<relative path, suffix as _ext>/`` (:func:`output_folders`).
+``OUT/manifest.json`` records, per photo, its hash, the config hash, the status (done / failed /
+interrupted), the reason of a failure and the seconds spent; it is rewritten atomically after
+every photo. A rerun skips photos
 whose hash and config are unchanged (failed ones too, unless ``retry_failed``) and resumes
 interrupted fits from their checkpoints. One failing photo never stops the others.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastsider.config import FitConfig
-from fastsider.errors import FastsiderError, InputError
+from fastsider.errors import FastsiderError, InputError, OutputError
+from fastsider.io import lock_folder
 from fastsider.stages.checkpoint import CheckpointError, config_hash, file_hash
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,32 @@ def find_images(input_dir: Path, exclude: Path | None = None) -> list[Path]:
     return images
 
 
-def output_folders(rels: list[Path]) -> dict[str, str]:
-    """Output folder per photo: its path without suffix, or with the suffix as '_ext' where two
-    photos would share a folder (a.jpg and a.png)."""
-    stems = [r.with_suffix("").as_posix() for r in rels]
-    clash = {s for s in stems if stems.count(s) > 1}
-    return {r.as_posix(): (s + "_" + r.suffix.lstrip(".").lower() if s in clash else s) for r, s in zip(rels, stems)}
+def output_folders(rels: list[Path], earlier: dict[str, str] | None = None) -> dict[str, str]:
+    """Output folder per photo (relative paths, posix): the photo's path with its suffix as '_ext'
+    (sub/a.jpg -> sub/a_jpg), and '-2', '-3' ... after a name another photo has, compared without
+    case (a.jpg, a.JPG -> a_jpg, a_jpg-2), as on case-insensitive file systems.
+
+    ``earlier``: the folders earlier runs gave (the manifest's), kept for their photos and never
+    given to another one.
+    """
+    wanted = {r.as_posix() for r in rels}
+    folders: dict[str, str] = {}
+    used: set[str] = set()
+    for rel, folder in sorted((earlier or {}).items()):
+        if folder.casefold() not in used:
+            used.add(folder.casefold())
+            if rel in wanted:
+                folders[rel] = folder
+    for r in sorted(rels):
+        if r.as_posix() in folders:
+            continue
+        base = name = f"{r.with_suffix('').as_posix()}_{r.suffix.lstrip('.').lower()}"
+        k = 2
+        while name.casefold() in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name.casefold())
+        folders[r.as_posix()] = name
+    return folders
 
 
 def load_manifest(out_dir: Path) -> dict[str, ImageRecord]:
@@ -93,8 +115,11 @@ def load_manifest(out_dir: Path) -> dict[str, ImageRecord]:
 
 def save_manifest(out_dir: Path, records: dict[str, ImageRecord]) -> None:
     tmp = out_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps({"images": {k: asdict(v) for k, v in sorted(records.items())}}, indent=2) + "\n")
-    os.replace(tmp, out_dir / MANIFEST_NAME)
+    try:
+        tmp.write_text(json.dumps({"images": {k: asdict(v) for k, v in sorted(records.items())}}, indent=2) + "\n")
+        os.replace(tmp, out_dir / MANIFEST_NAME)
+    except OSError as exc:  # the manifest before this photo stays whole: a rerun redoes only what it lacks
+        raise OutputError(f"cannot write the batch manifest in {out_dir}: {exc.strerror}") from None
 
 
 def _is_finished(rec: ImageRecord | None, in_hash: str, cfg_hash: str, out_dir: Path, retry_failed: bool) -> bool:
@@ -150,10 +175,26 @@ def default_jobs(cfg: FitConfig) -> int:
 
 def run_batch(input_dir: Path, out_dir: Path, cfg: FitConfig, jobs: int | None = None, retry_failed: bool = False,
               progress: BatchProgress | None = None) -> BatchResult:
+    if input_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise InputError(f"--out {out_dir} holds the input folder {input_dir}: its photos would be taken for outputs;"
+                         " choose another --out (a folder inside the input folder is fine)")
     images = find_images(input_dir, exclude=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folders = output_folders([p.relative_to(input_dir) for p in images])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
+    lock = lock_folder(out_dir)  # one batch at a time per output folder (the manifest is shared)
+    try:
+        return _run_locked(input_dir, out_dir, images, cfg, jobs, retry_failed, progress)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_locked(input_dir: Path, out_dir: Path, images: list[Path], cfg: FitConfig, jobs: int | None,
+                retry_failed: bool, progress: BatchProgress | None) -> BatchResult:
     manifest = load_manifest(out_dir)
+    folders = output_folders([p.relative_to(input_dir) for p in images], {k: r.out for k, r in manifest.items()})
     cfg_hash = config_hash(cfg)
     todo: list[tuple[str, Path, ImageRecord]] = []
     skipped: dict[str, ImageRecord] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from fastsider.errors import FastsiderError, InputError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS = ("stage", "model", "optim", "generator", "loop")  # what stages.loop saves (+ stage1_result)
 # config sections that change how a run is kept, not what it computes: a checkpoint survives them
 UNHASHED_SECTIONS = ("run",)
 
@@ -68,7 +70,10 @@ class CheckpointStore:
     def save(self, state: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"fingerprint": self.fingerprint, "fastsider": __version__, **state}, tmp)
+        # serialized in memory, then written: torch.save's own writer reports a full disk as a RuntimeError
+        buffer = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, "fastsider": __version__, **state}, buffer)
+        tmp.write_bytes(buffer.getbuffer())
         os.replace(tmp, self.path)
 
     def load(self) -> dict[str, Any]:
@@ -83,4 +88,16 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"checkpoint {self.path} was made with a different {what}; "
                     f"rerun without --resume to start over")
+        stage = state.get("stage")
+        needed = REQUIRED_KEYS + (("stage1_result",) if stage == "stage2" else ())
+        if stage not in ("stage1", "stage2") or not all(k in state for k in needed):
+            raise CheckpointError(f"checkpoint {self.path} is incomplete; rerun without --resume to start over")
         return state
+
+    def check_model(self, state: dict[str, Any], model: torch.nn.Module) -> None:
+        """Refuse a checkpoint whose tensors do not fit ``model`` (names and shapes), before any is loaded."""
+        saved, own = state["model"], model.state_dict()
+        bad = sorted(set(saved) ^ set(own)) or sorted(k for k in own if tuple(saved[k].shape) != tuple(own[k].shape))
+        if bad:
+            raise CheckpointError(f"checkpoint {self.path} does not fit this run's model ({len(bad)} tensor(s) "
+                                  f"differ, e.g. {bad[0]}); rerun without --resume to start over")

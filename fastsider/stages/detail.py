@@ -19,7 +19,7 @@ from fastsider.nn.fields import SiderModel
 from fastsider.nn.priors import debias_weight
 from fastsider.nn.shading import DirectionalShading
 from fastsider.objective import height_map_terms, traced_terms
-from fastsider.render import FrozenSurface, RayBundle, freeze_surface
+from fastsider.render import FrozenSurface, PixelBlur, RayBundle, freeze_surface
 from fastsider.sdf import losses
 from fastsider.stages.coarse_sdf import PointPool
 from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
@@ -47,7 +47,6 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
 
     height = model.geometry.height
     hm = cfg.height_map
-    scatter_px = hm.scatter_mm / mm_per_px if hm.scatter_mm > 0 and mm_per_px > 0 else 0.0
     if resume is not None:  # the frozen surface is stage 1's (its MLP from the checkpoint) at h = 0, as
         model.load_state_dict(resume["model"])  # in the uninterrupted run; optimize() restores h after
         if height is not None:
@@ -58,12 +57,14 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     if (frozen is not None and resume is None and isinstance(model.appearance.light, DirectionalShading)
             and hm.light_warmup_steps > 0):
         warm_up_light(model, frozen, hm.light_warmup_steps)
+    scatter = (PixelBlur(frozen.rays.pixels, tuple(mm / mm_per_px for mm in hm.scatter_mm))
+               if frozen is not None and mm_per_px > 0 else None)
 
     def loss_fn() -> dict[str, torch.Tensor]:
         if frozen is not None:
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
             terms = height_map_terms(model, frozen, pool.points[pt_idx], pool.sdf[pt_idx], pt_idx, cfg, unit_mm,
-                                     scatter_px)
+                                     scatter)
         else:
             ray_idx = torch.randint(n_rays, (min(cfg.mlp.rays_per_batch, n_rays),), generator=generator, device=device)
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)

@@ -25,7 +25,7 @@ from fastsider.model import build_model
 from fastsider.nn.fields import SiderModel
 from fastsider.pictures import depth_picture, normal_map, overlay, raycast_mesh
 from fastsider.render import RayBundle, face_rays, render_views
-from fastsider.sdf.mesh import Coarse, extract_face_mesh
+from fastsider.sdf.mesh import Coarse, drop_small_pieces, extract_face_mesh
 from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.shell import ShellSDF, to_mid_surface
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
@@ -34,6 +34,7 @@ from fastsider.stages.detail import fit_details
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
 from fastsider.stages.loop import DivergenceError, deterministic_algorithms, graceful_interrupts, raise_if_interrupted
 from fastsider.stages.prepare import CoarseInputs, Prepared, prepare
+from fastsider.stages.topology import write_topology_outputs
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
     stage diverges beyond its rollbacks, the last good state's outputs are written (summary
     ``diverged``) and the :class:`DivergenceError` is raised after that.
     """
-    t_start = time.perf_counter()
+    laps = Laps()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
@@ -135,28 +136,27 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
         log.info("no checkpoint in %s: starting from the beginning", out_dir)
     resume = resume and has_checkpoint
     with graceful_interrupts(), deterministic_algorithms(device), \
-            OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume) as out:
+            OutputStage(out_dir, partial=PARTIAL_DIR, resume=resume, expect=(mesh_name,)) as out:
         prep = prepare(image, cfg, inputs)  # first: it gives bad inputs their one-line errors
         store = CheckpointStore(out.private_dir(CHECKPOINT_DIR), config_hash(cfg, device.type),
                                 inputs_hash(fit_input_files(image, inputs)))
         saved = store.load() if resume else None
-        seconds = dict(prep.seconds)
-        t = time.perf_counter()
+        laps.lap("prepare", {k: v for k, v in prep.seconds.items() if k != "prepare"})
         st = build_state(prep, cfg, device)
+        if saved is not None:
+            store.check_model(saved, st.model)
         pool = sample_point_pool(st.shell, cfg.sdf_pool.size, tuple(s / st.norm.half_size for s in cfg.sdf_pool.near_std_mm),
                                  cfg.sdf_pool.uniform_fraction, rng, device)
         pool = residual_targets(pool, st.model.geometry.base)
-        seconds["setup"] = time.perf_counter() - t
+        laps.lap("setup")
         raise_if_interrupted()
-        s1, s2, rays, diverged = _run_stages(st, cfg, pool, store, saved, out, progress)
-        seconds["stage1"], seconds["stage2"] = s1["seconds"], s2.get("seconds", 0.0)
+        s1, s2, rays, diverged = _run_stages(st, cfg, pool, store, saved, out, progress, laps)
 
         raise_if_interrupted()
-        t = time.perf_counter()
         outputs = write_fit_outputs(out, st, cfg, mesh_name)
-        seconds["outputs"] = time.perf_counter() - t
-        seconds["total"] = time.perf_counter() - t_start
-        summary = make_summary(cfg, st, s1, s2, seconds, outputs, len(rays.pixels))
+        laps.lap("outputs", outputs.pop("seconds"))
+        summary = make_summary(cfg, st, s1, s2, laps.seconds(), outputs, len(rays.pixels))
+        summary["seconds_parts"] = laps.parts
         summary["resumed_from"] = f"{saved['stage']} step {saved['loop']['step']}" if saved else None
         summary["diverged"] = str(diverged) if diverged else None
         save_json(out.path("summary.json"), summary)
@@ -168,9 +168,34 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
     return summary
 
 
+class Laps:
+    """Wall time of a job's consecutive parts: each ``lap`` takes the time since the one before, so the
+    parts add up to the total by construction; ``parts`` holds each one's own breakdown where given."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+        self.parts: dict[str, dict[str, Any]] = {}
+
+    def lap(self, name: str, parts: dict[str, Any] | None = None) -> float:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+        if parts:
+            self.parts[name] = parts
+        log.info("%s done: %.1f s", name, self.laps[name])
+        return self.laps[name]
+
+    def seconds(self) -> dict[str, float]:
+        """Every lap, and ``total``: their sum, the wall time from the start to the last lap."""
+        return {**self.laps, "total": self.last - self.start}
+
+
 def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, saved: dict | None,
-                out: OutputStage, progress: ProgressFn | None):
-    """Stage 1 then stage 2, each resumed from ``saved`` when it is that stage's checkpoint."""
+                out: OutputStage, progress: ProgressFn | None, laps: Laps | None = None):
+    """Stage 1 then stage 2, each resumed from ``saved`` when it is that stage's checkpoint; ``laps``
+    takes each stage's wall time (the loop's own seconds are in the stage's stats)."""
+    laps = laps if laps is not None else Laps()
     gen = torch.Generator(device=st.device).manual_seed(cfg.seed)
     stage = saved["stage"] if saved else None
     rays = face_rays(st.prep.coarse.camera, st.norm, st.ray_mask, st.prep.image, st.grid, st.device)
@@ -181,15 +206,19 @@ def _run_stages(st: FitState, cfg: FitConfig, pool, store: CheckpointStore, save
                                 _stage_progress(progress, "stage 1 (coarse SDF)", cfg.stage1.iterations),
                                 run=cfg.run, resume=saved if stage == "stage1" else None,
                                 checkpoint=lambda state: store.save({"stage": "stage1", **state}))
+        laps.lap("stage1")
+        log.info("stage 2 (details): %d steps on %d face rays", cfg.stage2.iterations, len(rays.pixels))
         s2 = fit_details(st.model, rays, pool, cfg.stage2, cfg.trace, st.norm.half_size, gen,
                          _stage_progress(progress, "stage 2 (details)", cfg.stage2.iterations),
                          lambda step: _write_snapshot(out, st, cfg, step), run=cfg.run,
                          resume=saved if stage == "stage2" else None,
                          checkpoint=lambda state: store.save({"stage": "stage2", "stage1_result": s1, **state}),
                          mm_per_px=st.mm_per_px)
+        laps.lap("stage2")
     except DivergenceError as exc:
         log.error("%s", exc)
         failed = {**exc.stats, "diverged": True}
+        laps.lap("stage1" if s1 is None else "stage2")
         if s1 is None:
             return {**failed, "seconds": 0.0}, {}, rays, exc
         return s1, failed, rays, exc
@@ -231,8 +260,10 @@ def _write_snapshot(out: OutputStage, st: FitState, cfg: FitConfig, step: int) -
 
 
 def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name: str) -> dict[str, Any]:
-    prep = st.prep
+    """Every file of a fit but summary.json; returns their figures, with ``seconds`` by part."""
+    prep, t, seconds = st.prep, time.perf_counter(), {}
     write_coarse_outputs(out, prep, "coarse.ply", overlay_name="coarse_overlay.png")
+    seconds["coarse"], t = time.perf_counter() - t, time.perf_counter()
     # only a height map bounds the detail: a residual MLP trained in stage 2 may cross zero anywhere
     base, band = st.model.geometry.base, cfg.mesh.detail_band_mm / st.norm.half_size
     bounded = base is not None and cfg.model.detail == "height_map" and band > 0
@@ -243,9 +274,11 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
         raise FastsiderError("the detailed surface came out empty (no zero level set in the face region)")
     if not np.all(np.isfinite(verts)):
         raise FastsiderError("the detailed surface has non-finite vertices; not writing it")
+    verts, faces, n_pieces, n_dropped = drop_small_pieces(verts, faces, cfg.mesh.min_piece_fraction)
     normals = trimesh.Trimesh(verts, faces, process=False).vertex_normals
     verts = to_mid_surface(verts, normals, st.shell.surface_offset_mm)
     save_mesh(out.path(mesh_name), verts, faces)
+    seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
     if len(prep.coarse.landmark_ids):
         write_now_landmarks(out, "landmarks7.txt", prep.coarse.landmarks_3d, prep.coarse.landmark_ids)
     views = view_images(st, cfg, full_view_rays(st, cfg))
@@ -255,8 +288,17 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     save_image(out.path("render.png"), views["render"])
     photo, cam = photo_view(prep)
     save_image(out.path("overlay.png"), overlay(photo, raycast_mesh(verts, faces, cam)))
+    seconds["pictures"], t = time.perf_counter() - t, time.perf_counter()
+    topology = None
+    if cfg.export.topology:
+        topology = write_topology_outputs(out, st, cfg.export, Path(mesh_name).stem)
+        seconds["topology"] = time.perf_counter() - t
+        log.info("topology mesh: %d vertices (%d subdivision levels of the coarse %d), %d texel maps, %.1f s",
+                 topology["vertices"], topology["subdivision_levels"], topology["coarse_vertices"],
+                 topology["texture_size"], seconds["topology"])
     return {"mesh_vertices": int(len(verts)), "mesh_faces": int(len(faces)),
-            "coarse_vertices": int(len(prep.coarse.vertices))}
+            "mesh_pieces": n_pieces - n_dropped, "mesh_pieces_dropped": n_dropped,
+            "coarse_vertices": int(len(prep.coarse.vertices)), "topology": topology, "seconds": seconds}
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:

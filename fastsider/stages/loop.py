@@ -28,6 +28,7 @@ import torch
 
 from fastsider.config import RunConfig
 from fastsider.errors import FastsiderError
+from fastsider.stages.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,11 @@ def optimize(model: torch.nn.Module, params: list[torch.Tensor] | list[dict[str,
     params = [p for g in opt.param_groups for p in g["params"]]
     state = LoopState()
     if resume is not None:
-        state = _restore(resume, model, opt, generator)
+        try:
+            state = _restore(resume, model, opt, generator)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a checkpoint of another model or version
+            raise CheckpointError(f"{schedule.name}: the checkpoint does not fit this run ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); rerun without --resume") from None
         log.info("%s: resuming at step %d of %d", schedule.name, state.step, schedule.iterations)
     good = _capture(model, opt, generator, state)
     history: deque[float] = deque(maxlen=EXPLODE_HISTORY)

@@ -15,6 +15,7 @@ from fastsider.errors import InputError
 from fastsider.face.default_model import build_default_coarse, orient_towards_camera
 from fastsider.face.landmarks import detect_landmarks, face_box_size, load_landmarks
 from fastsider.face.types import CoarseFace
+from fastsider.face.user_mesh import COARSE_UNITS, check_face_extent, check_surface
 from fastsider.io import (
     EXAMPLE_NAME,
     CropTransform,
@@ -22,12 +23,13 @@ from fastsider.io import (
     load_example,
     load_image,
     load_mesh,
+    regular_file,
     square_crop_around,
 )
 
 log = logging.getLogger(__name__)
 
-METRE_SIZED_MESH = 1.0  # a face mesh smaller than this (in its own units) is surely not in mm
+MAX_FACE_TO_PHOTO = 2.0  # a user mesh's projected box may be at most this many times the photo's longer side
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,15 @@ class CoarseInputs:
     landmarks: Path | None = None        # user landmarks instead of MediaPipe
     flame: Path | None = None            # user's FLAME model file
     flame_embedding: Path | None = None  # MediaPipe landmark embedding for FLAME (.npz)
-    mesh: Path | None = None             # user's coarse mesh (mm) ...
+    mesh: Path | None = None             # user's coarse mesh ...
     camera: Path | None = None           # ... and its camera.json
+    mesh_units: str = "mm"               # the mesh's units (and world_to_camera's translation): mm, cm, m
+
+    def files(self) -> list[tuple[str, Path]]:
+        """The input files given, with what each is (for messages)."""
+        named = [("landmark file", self.landmarks), ("FLAME file", self.flame),
+                 ("FLAME landmark embedding", self.flame_embedding), ("mesh", self.mesh), ("camera file", self.camera)]
+        return [(what, p) for what, p in named if p is not None]
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,14 @@ def crop_to_input_camera(cam: Camera, crop: CropTransform, width: int, height: i
 def prepare(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs = CoarseInputs()) -> Prepared:
     """Load the photo (None: the embedded example) and build the coarse face the neural stages start from."""
     t0 = time.perf_counter()
-    photo = load_image(image, cfg.image) if image is not None else load_example()
-    name = Path(image).name if image is not None else EXAMPLE_NAME
     if (inputs.mesh is None) != (inputs.camera is None):
         raise InputError("--coarse and --camera go together: give both or neither")
+    if inputs.mesh_units not in COARSE_UNITS:
+        raise InputError(f"--coarse-units {inputs.mesh_units!r}: choose from {', '.join(COARSE_UNITS)}")
+    for what, path in inputs.files():  # regular files only (a FIFO would block), all checked before any work
+        regular_file(path, what)
+    photo = load_image(image, cfg.image) if image is not None else load_example()
+    name = Path(image).name if image is not None else EXAMPLE_NAME
     if inputs.mesh is not None:
         prep = _prepare_user_mesh(photo, cfg, inputs)
     else:
@@ -123,23 +136,37 @@ def _fit_flame(lmk_crop: np.ndarray, cfg: FitConfig, inputs: CoarseInputs, size:
 
 
 def _prepare_user_mesh(photo: np.ndarray, cfg: FitConfig, inputs: CoarseInputs) -> Prepared:
+    """The user's mesh and camera, checked before any heavy work: units, size, surface, and a
+    projection that lands on the photo."""
     cam_in = Camera.load(inputs.camera)
     h, w = photo.shape[:2]
     if (cam_in.width, cam_in.height) != (w, h):
         raise InputError(f"camera {inputs.camera} is for a {cam_in.width}x{cam_in.height} image, the photo is {w}x{h}")
     mesh = load_mesh(inputs.mesh)
-    verts = world_to_camera_points(cam_in, np.asarray(mesh.vertices, dtype=float))
+    verts = world_to_camera_points(cam_in, np.asarray(mesh.vertices, dtype=float)) * COARSE_UNITS[inputs.mesh_units]
+    check_face_extent(verts, inputs.mesh, inputs.mesh_units)
+    check_surface(mesh, inputs.mesh)
     if np.any(verts[:, 2] <= 0):
         raise InputError(f"mesh {inputs.mesh} is not entirely in front of the camera (z <= 0 after world_to_camera)")
-    if np.ptp(verts, axis=0).max() < METRE_SIZED_MESH:
-        log.warning("mesh %s is under 1 unit across: fastsider expects mm", inputs.mesh)
     cam_in = Camera(cam_in.width, cam_in.height, cam_in.fx, cam_in.fy, cam_in.cx, cam_in.cy)  # now identity
     px = project(cam_in, verts)
-    if face_box_size(px) < cfg.image.min_face_px:
-        raise InputError(f"mesh {inputs.mesh} covers too few pixels ({face_box_size(px):.0f}) of the photo")
+    _check_projection(px, inputs, w, h, cfg.image.min_face_px)
     size = cfg.image.resolution
     crop = square_crop_around(px, cfg.image.crop_margin, size)
     cam_crop = cam_in.transformed(crop.scale, crop.offset_x, crop.offset_y, size, size)
     faces = orient_towards_camera(verts, np.asarray(mesh.faces))
     coarse = CoarseFace(verts, faces, cam_crop, np.zeros((0, 3)), np.zeros(0, dtype=int), "mesh")
     return Prepared(photo, apply_crop(photo, crop), crop, cam_in, coarse, None, None, {})
+
+
+def _check_projection(px: np.ndarray, inputs: CoarseInputs, w: int, h: int, min_face_px: int) -> None:
+    """The mesh's image (pixels [n_verts, 2]) must be a face on the photo: its box centred inside it and
+    no more than MAX_FACE_TO_PHOTO times its longer side (else the camera or the units are off)."""
+    box, centre = face_box_size(px), (px.min(axis=0) + px.max(axis=0)) / 2.0
+    where = f"mesh {inputs.mesh} seen by camera {inputs.camera}"
+    if not np.all(np.isfinite(px)) or box > MAX_FACE_TO_PHOTO * max(w, h) or not (
+            0 <= centre[0] <= w and 0 <= centre[1] <= h):
+        raise InputError(f"{where} is a {box:.4g} px box centred at ({centre[0]:.4g}, {centre[1]:.4g}), not on the "
+                         f"{w}x{h} photo: check fx, fy, cx, cy and the mesh's units")
+    if box < min_face_px:
+        raise InputError(f"{where} covers too few pixels ({box:.0f}) of the photo; need at least {min_face_px}")

@@ -1,0 +1,177 @@
+"""The detailed mesh on the coarse topology and its textures: mesh.obj/.mtl, mesh.glb, coarse.obj/.mtl,
+the maps and the correspondence (fastsider/export/ does the work; this orchestrates and writes).
+
+coarse mesh -> UV atlas (one disk chart, or xatlas) -> midpoint subdivision to ~export.edge_px crop
+pixels per edge (coarse vertices first, UVs on texel centres) -> each vertex the camera sees moved
+along its normal onto the model's zero set -> displacement, tangent-space normal and colour maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fastsider.camera import Normalization, project
+from fastsider.config import ExportConfig
+from fastsider.errors import InputError
+from fastsider.export import bake, formats
+from fastsider.export.displace import displace_onto_zero_set, fade_weights, visible_vertices
+from fastsider.export.subdivision import levels_for_edge, median_edge_mm, vertex_normals
+from fastsider.export.uv import UVAtlas, disk_atlas, folded, is_disk, subdivide_with_atlas, xatlas_atlas
+from fastsider.export.viewer import viewer_html
+from fastsider.face.types import CoarseFace
+from fastsider.io import OutputStage, save_json
+
+if TYPE_CHECKING:
+    from fastsider.stages.fit import FitState
+
+log = logging.getLogger(__name__)
+
+UV_PADDING = 0.01        # share of the map left around the disk chart
+XATLAS_PADDING_PX = 4    # texels between xatlas's charts
+OCCLUSION_TOL_MM = 1.0   # a vertex is hidden when the mesh is this much nearer along its ray
+MIN_FACING = 0.05        # ... or when its normal is within ~3 degrees of perpendicular to the ray
+MAX_STEP_MM = 1.0        # one Newton step's largest move
+CONVERGED_MM = 0.05      # a vertex whose walk ends further than this from the zero set keeps the coarse surface
+SDF_CHUNK = 1 << 16      # points per model evaluation
+
+
+def model_sdf_mm(model, norm: Normalization, device: torch.device):
+    """The SDF of ``model`` (anything with ``sdf_with_gradient(x, create_graph)`` in the unit box, as
+    :class:`fastsider.nn.fields.SiderModel`) in mm, and its gradient, for points [n, 3] mm (numpy)."""
+
+    def sdf(x_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.as_tensor(norm.to_unit(x_mm), dtype=torch.float32, device=device)
+        f, g = [], []
+        for i in range(0, len(x), SDF_CHUNK):
+            s = model.sdf_with_gradient(x[i:i + SDF_CHUNK], create_graph=False)
+            f.append(s.sdf.detach().double().cpu())
+            g.append(s.gradient.detach().double().cpu())
+        return (torch.cat(f).numpy() * norm.half_size, torch.cat(g).numpy()) if f else (np.zeros(0), np.zeros((0, 3)))
+    return sdf
+
+
+def coarse_atlas(coarse: CoarseFace, cfg: ExportConfig) -> tuple[UVAtlas, str]:
+    """The coarse mesh's UV atlas and how it was made ("disk" or "xatlas")."""
+    method, disk = cfg.uv_atlas, cfg.uv_atlas != "xatlas" and is_disk(coarse.faces, len(coarse.vertices))
+    if method == "disk" and not disk:
+        raise InputError("export.uv_atlas = 'disk' needs a coarse mesh in one piece with one boundary and no "
+                         "handles; use 'auto' or 'xatlas'")
+    if disk:
+        pixels = project(coarse.camera, coarse.vertices)
+        return disk_atlas(coarse.vertices, coarse.faces, pixels, UV_PADDING, cfg.slim_iterations), "disk"
+    log.info("UV atlas: xatlas on %d faces (the coarse mesh is not one disk); this can take minutes",
+             len(coarse.faces))
+    return xatlas_atlas(coarse.vertices, coarse.faces, cfg.texture_size, XATLAS_PADDING_PX), "xatlas"
+
+
+def write_topology_outputs(out: OutputStage, st: FitState, cfg: ExportConfig, stem: str = "mesh") -> dict[str, Any]:
+    """Write ``{stem}.obj/.mtl/.glb``, ``coarse.obj/.mtl``, the maps and the correspondence; return their
+    figures for summary.json (counts, displacement range, on-surface residuals, seconds by step)."""
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    c, size = st.prep.coarse, cfg.texture_size
+    atlas, method = coarse_atlas(c, cfg)
+    levels = levels_for_edge(median_edge_mm(c.vertices, c.faces), cfg.edge_px * st.mm_per_px, len(c.faces),
+                             cfg.max_faces)
+    sub, sub_atlas = subdivide_with_atlas(c.vertices, c.faces, atlas, levels)
+    seconds["atlas"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    base_normals = vertex_normals(sub.vertices, sub.faces)
+    visible = visible_vertices(sub.vertices, sub.faces, base_normals, OCCLUSION_TOL_MM, MIN_FACING)
+    offset = st.shell.surface_offset_mm  # the shell target's zero set lies this far out
+    disp = displace_onto_zero_set(model_sdf_mm(st.model, st.norm, st.device), sub.vertices, base_normals, offset,
+                                  cfg.newton_steps, cfg.max_displacement_mm, MAX_STEP_MM)
+    # no zero crossing within reach (an SDF far from the coarse one): the coarse surface stays there
+    converged = disp.residual_mm < CONVERGED_MM
+    weight = fade_weights(sub.vertices, visible & converged, cfg.fade_mm)
+    seconds["displace"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    raster = bake.rasterize(sub_atlas.uv, sub_atlas.faces_uv, size)
+    fill = bake.fill_from(raster)
+    dmap = bake.displacement_map(raster, sub_atlas, (disp.d_mm - offset) * weight, fill)
+    detailed = sub.vertices + dmap.d_mm[:, None] * base_normals
+    normals = vertex_normals(detailed, sub.faces)
+    maps = {"displacement": dmap.codes, **_colour_and_normal_maps(raster, fill, sub, sub_atlas, base_normals,
+                                                                   detailed, normals, visible, st)}
+    seconds["bake"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _write_files(out, stem, st, sub, sub_atlas, atlas, detailed, normals, maps, (dmap.lo, dmap.hi), dmap.d_mm,
+                 weight, levels)
+    seconds["write"] = time.perf_counter() - t
+    d = dmap.d_mm
+    residual = disp.residual_mm[weight > 1.0 - 1e-9]
+    return {"vertices": len(detailed), "faces": len(sub.faces), "coarse_vertices": len(c.vertices),
+            "subdivision_levels": levels, "uv_atlas": method, "uv_vertices": len(sub_atlas.uv),
+            "uv_folded_faces": int(folded(sub_atlas.uv, sub_atlas.faces_uv).sum()) if method == "disk" else None,
+            "texture_size": size, "visible_fraction": float(visible.mean()),
+            "unconverged_vertices": int((visible & ~converged).sum()),
+            "displacement_mm": {"min": float(d.min()), "max": float(d.max()), "mean_abs": float(np.abs(d).mean())},
+            "on_surface_residual_mm": {"max": float(residual.max()) if len(residual) else 0.0,
+                                       "p99": float(np.percentile(residual, 99)) if len(residual) else 0.0},
+            "map_change_mm": {"max": float(dmap.change_mm.max()), "p99": float(np.percentile(dmap.change_mm, 99)),
+                              "over_0.001": int((dmap.change_mm > 1e-3).sum())},
+            "seconds": seconds}
+
+
+def _colour_and_normal_maps(raster: bake.Raster, fill: bake.Fill, sub, atlas: UVAtlas, base_normals: np.ndarray,
+                            detailed: np.ndarray, normals: np.ndarray, visible: np.ndarray,
+                            st: FitState) -> dict[str, np.ndarray]:
+    """The photo's colour on the detailed surface and its tangent-space normals, uint8 [S, S, 3] each."""
+    tangents, bitangents = bake.tangent_frames(sub.vertices, sub.faces, atlas, base_normals)
+    ts = bake.tangent_space_normals(raster, atlas, base_normals, tangents, bitangents, normals)
+    colour, valid = bake.project_photo(raster, atlas, detailed, visible, st.prep.photo, st.prep.camera)
+    return {"color": _to_uint8(bake.to_image(raster, colour, bake.fill_from(raster, valid))),
+            "normal": _to_uint8(bake.to_image(raster, (ts + 1.0) / 2.0, fill))}
+
+
+def _write_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAtlas, atlas: UVAtlas,
+                 detailed: np.ndarray, normals: np.ndarray, maps: dict[str, np.ndarray], disp_range: tuple[float, float],
+                 d: np.ndarray, weight: np.ndarray, levels: int) -> None:
+    c = st.prep.coarse
+    names = {k: f"{stem}_{k}.png" for k in maps}
+    for k, image in maps.items():
+        png = formats.png16_bytes(image) if image.dtype == np.uint16 else formats.png_bytes(image)
+        formats.write_bytes(out.path(names[k]), png)
+    lo, hi = disp_range
+    save_json(out.path(f"{stem}_displacement.json"), {
+        "units": "mm", "min_mm": lo, "max_mm": hi,
+        "decode": "d_mm = min_mm + value / 65535 * (max_mm - min_mm)",
+        "step_mm": (hi - lo) / 65535.0,
+        "blender_midlevel": -lo / (hi - lo), "blender_strength_mm": hi - lo,  # d = (value - midlevel) * strength
+        "rule": f"{stem}.obj = coarse.obj midpoint-subdivided {levels} times (fastsider.export.subdivision), each "
+                "vertex moved by d along the area-weighted vertex normal of the subdivided coarse mesh; d is "
+                "the map read bilinearly at the vertex's UV (texel centres at (i + 0.5) / size, v up)"})
+    header = (f"fastsider {stem}: the detailed face on the coarse topology ({levels} midpoint subdivisions)\n"
+              "mm, camera frame of the photo (OpenCV: x right, y down, z forward); vertices 0..n_coarse-1 are "
+              "coarse.ply's")
+    formats.write_bytes(out.path(f"{stem}.obj"), formats.obj_text(
+        detailed, normals, sub.faces, sub_atlas.uv, sub_atlas.faces_uv, f"{stem}.mtl", header=header))
+    formats.write_bytes(out.path(f"{stem}.mtl"), formats.mtl_text("face", names["color"]))
+    formats.write_bytes(out.path(f"{stem}.glb"), formats.glb_bytes(
+        detailed, normals, sub_atlas.faces_uv, sub_atlas.uv, sub_atlas.vertex_of_uv,
+        maps["color"], c.camera))
+    formats.write_bytes(out.path("coarse.obj"), formats.obj_text(  # its UVs are the first of sub_atlas
+        c.vertices, vertex_normals(c.vertices, c.faces), c.faces, atlas.uv, atlas.faces_uv,
+        "coarse.mtl", header="fastsider coarse face with the UV atlas of the maps; mm, camera frame (OpenCV)"))
+    formats.write_bytes(out.path("coarse.mtl"), formats.mtl_text("face", names["color"], names["normal"],
+                                                                 names["displacement"]))
+    formats.write_bytes(out.path("viewer.html"), viewer_html(
+        detailed, sub.vertices, sub.faces, formats.png_bytes(st.prep.image), f"fastsider: {stem}"))
+    np.savez_compressed(out.path(f"{stem}_topology.npz"), n_coarse=np.int64(len(c.vertices)),
+                        parents=sub.parents.astype(np.int32), levels=np.int64(levels),
+                        displacement_mm=d.astype(np.float32), weight=weight.astype(np.float32),
+                        uv_vertex_to_vertex=sub_atlas.vertex_of_uv.astype(np.int32),
+                        flame_vertex_ids=(np.arange(len(c.vertices), dtype=np.int32) if c.source == "flame"
+                                          else np.zeros(0, dtype=np.int32)))
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
