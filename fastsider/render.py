@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.fft import next_fast_len
 from scipy.ndimage import binary_erosion
 from torch import Tensor
 
@@ -162,19 +163,6 @@ def _radius(sigma: float) -> int:
     return max(1, int(3.0 * sigma + 0.5)) if sigma > 0 else 0
 
 
-def _smooth_length(n: int) -> int:
-    """The least m >= n whose prime factors are all 2, 3 or 5."""
-    m = n
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
 def _circular_kernel(sigma: float, n: int, device: torch.device) -> Tensor:
     """The normalized Gaussian of ``sigma`` samples cut at 3 sigma, centred on sample 0 of a circular
     array of length ``n`` (a unit impulse for sigma 0)."""
@@ -210,8 +198,8 @@ class PixelBlur:
         uv = pixels.round().long()
         self.uv = uv - uv.min(dim=0).values + pad
         # (h, w), rounded up to lengths whose only prime factors are 2, 3, 5: an FFT of 437 samples
-        # takes 3x that of 450
-        self.size = tuple(_smooth_length(int(x) + 1 + pad) for x in self.uv.max(dim=0).values.flip(0))
+        # takes 2-3x that of 450
+        self.size = tuple(next_fast_len(int(x) + 1 + pad, real=True) for x in self.uv.max(dim=0).values.flip(0))
         h, w = self.size
         # the transform of the sampled kernel (cut at 3 sigma), laid out circularly: with the padding,
         # exactly the spatial blur

@@ -83,8 +83,10 @@ def highpass_detail(gt: tuple[np.ndarray, np.ndarray], base: tuple[np.ndarray, n
     sigma_px = HIGHPASS_SIGMA_MM / mm_per_px
     # depth grows away from the camera: a groove is a positive depth change, as a negative displacement
 
+    cosine = {ref: view_cosine(surf[ref], cam) for ref in ("base", reference)}  # one per reference, not per mesh
+
     def displacement(name: str, ref: str) -> np.ndarray:
-        return highpass((surf[name].depth - surf[ref].depth) * view_cosine(surf[ref], cam), mask, sigma_px)
+        return highpass((surf[name].depth - surf[ref].depth) * cosine[ref], mask, sigma_px)
 
     true = displacement("gt", "base")
     lab = label_image(gt[0], labels, cam)
