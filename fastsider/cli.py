@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="parallel fits (default: one per GPU, else 1; CPU threads are shared out)")
     p.add_argument("--retry-failed", action="store_true", help="fit again the photos that failed before")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="one Ray task per photo: alone, a local Ray instance; with an address (auto, host:port, "
+                        "ray://head:10001), that cluster (IN and OUT on a filesystem shared by its nodes). "
+                        "Needs pip install 'fastsider[ray]'")
     _add_shared_options(p)
 
     p = sub.add_parser("bench", help="synthetic faces with known wrinkles: fit each, report the errors to ground truth")
@@ -152,8 +156,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    import functools
+
     from rich.console import Console
-    from rich.progress import Progress
 
     from fastsider.report import print_table
     from fastsider.stages.batch import MANIFEST_NAME, run_batch
@@ -161,12 +166,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     if args.jobs is not None and args.jobs < 1:
         raise FastsiderError("--jobs must be at least 1")
-    with Progress(transient=False) as bar:
-        task = bar.add_task("batch", total=None)
+    executor = None
+    if args.ray is not None:
+        from fastsider.stages.batch_ray import RayExecutor, check_reachable, require_ray
 
-        def advance(rel, rec):
-            bar.update(task, advance=1, description=f"batch: {rel} {rec.status}")
-        result = run_batch(args.input_dir, args.out, cfg, args.jobs, args.retry_failed, advance)
+        require_ray()
+        check_reachable(args.ray)  # a wrong address: one line before any output
+        executor = functools.partial(RayExecutor, address=args.ray, verbose=args.verbose)
+    with _BatchBar() as bar:
+        result = run_batch(args.input_dir, args.out, cfg, args.jobs, args.retry_failed, bar.update, executor)
     print_table(f"fastsider batch -> {args.out}", ("photo", "status", "seconds", "reason"),
                 [[rel, rec.status, rec.seconds, rec.reason or ""] for rel, rec in sorted(result.records.items())],
                 digits=1)
@@ -273,6 +281,35 @@ class _ProgressBars:
     def __exit__(self, *exc) -> None:
         if self.live:
             self.progress.stop()
+
+
+class _BatchBar:
+    """The batch's one progress bar: photos finished of those to fit, with the done / failed / running
+    counts and the last one finished (fed by run_batch's progress calls: pending, running, outcome)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), transient=False)
+        self.task = self.progress.add_task("", total=None)
+        self.status: dict[str, str] = {}
+
+    def update(self, rel: str, rec) -> None:
+        self.status[rel] = rec.status
+        counts = {s: sum(v == s for v in self.status.values()) for s in ("done", "failed", "crashed", "running")}
+        finished = sum(v not in ("pending", "running") for v in self.status.values())
+        last = f"  (last: {rel} {rec.status})" if rec.status not in ("pending", "running") else ""
+        self.progress.update(self.task, total=len(self.status), completed=finished,
+                             description=f"done {counts['done']}, failed {counts['failed'] + counts['crashed']}, "
+                                         f"running {counts['running']}{last}")
+
+    def __enter__(self) -> "_BatchBar":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:

@@ -12,8 +12,7 @@ from torch import Tensor
 from fastsider.config import DetailStageConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.nn.priors import laplacian_energy, log_sparsity, total_variation
-from fastsider.render import (FrozenSurface, PixelBlur, RayBundle, height_with_gradient, render_height_map,
-                              render_rays)
+from fastsider.render import FrozenSurface, PixelBlur, RayBundle, render_height_map, render_rays
 from fastsider.sdf import losses
 
 
@@ -53,15 +52,15 @@ def traced_terms(model: SiderModel, rays: RayBundle, points: Tensor, points_sdf:
     return out
 
 
-def height_map_terms(model: SiderModel, s: FrozenSurface, points: Tensor, points_sdf: Tensor, point_idx: Tensor,
+def height_map_terms(model: SiderModel, s: FrozenSurface, points_sdf: Tensor, point_idx: Tensor,
                      cfg: DetailStageConfig, unit_mm: float, scatter: PixelBlur | None = None) -> dict[str, Tensor]:
-    """The "height_map" detail: every frozen ray, and the pool's points [n_pts, 3] (their cached F at
-    ``point_idx``) with f = F - h and grad f = grad F - grad h. ``scatter``: the rendered colours
+    """The "height_map" detail: every frozen ray, and the pool's points ``point_idx`` (their cached F;
+    targets ``points_sdf``) with f = F - h and grad f = grad F - grad h. ``scatter``: the rendered colours
     blurred over the frozen rays' pixels first (subsurface scattering)."""
     _, _, rgb = render_height_map(model, s)
     if scatter is not None:
         rgb = scatter(rgb)
-    h, h_grad = height_with_gradient(model.geometry.height, points)
+    h, h_grad = model.geometry.height.read(s.pool_reads.subset(point_idx))
     pts_sdf = s.pool_sdf[point_idx] - h
     pts_grad = s.pool_gradient[point_idx] - h_grad
     out = combine_terms(model, rgb, s.rays.colors, pts_sdf, points_sdf, pts_grad, cfg, unit_mm)

@@ -22,7 +22,7 @@ from torch import Tensor
 from fastsider.camera import Camera, Normalization, pixel_rays
 from fastsider.config import TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.maps import HeightMap
+from fastsider.nn.maps import BilinearReads, HeightMap
 from fastsider.sdf.occupancy import OccupancyGrid
 from fastsider.sdf.trace import ray_aabb_intersect, reattach_hits, sphere_trace
 
@@ -110,6 +110,8 @@ class FrozenSurface(NamedTuple):
     pool_sdf: torch.Tensor       # [m] F at the SDF pool's points
     pool_gradient: torch.Tensor  # [m, 3]
     hit_fraction: float
+    reads: BilinearReads         # the height map's weights at the hits ...
+    pool_reads: BilinearReads    # ... and at the pool's points
 
 
 def height_with_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True):
@@ -142,7 +144,9 @@ def freeze_surface(model: SiderModel, rays: RayBundle, pool_points: torch.Tensor
     x0 = traced.points[traced.hit]
     sdf, grad, feature = frozen_sdf(model, x0)
     pool_sdf, pool_grad, _ = frozen_sdf(model, pool_points)
-    return FrozenSurface(hit_rays, x0, sdf, grad, feature, pool_sdf, pool_grad, float(traced.hit.float().mean()))
+    height = model.geometry.height
+    return FrozenSurface(hit_rays, x0, sdf, grad, feature, pool_sdf, pool_grad, float(traced.hit.float().mean()),
+                         height.reads_at(x0), height.reads_at(pool_points))
 
 
 def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = True):
@@ -150,9 +154,9 @@ def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = 
 
     Differentiable w.r.t.: the height map and the rendering net.
     """
-    height = model.geometry.height
     d = s.rays.dirs
-    h, h_grad = height_with_gradient(height, s.points, create_graph)
+    with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+        h, h_grad = model.geometry.height.read(s.reads)
     t = (h - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
     x = s.points + t[:, None] * d
     normals = torch.nn.functional.normalize(s.gradient - h_grad, dim=-1)

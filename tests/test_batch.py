@@ -74,3 +74,32 @@ def test_output_folders_never_clash_and_outputs_are_not_inputs(tmp_path):
     for p in ("x.png", "out/a/normals.png", ".hidden/y.png"):
         (inp / p).write_bytes(b"")
     assert [p.name for p in find_images(inp, exclude=inp / "out")] == ["x.png"]
+
+
+def test_batch_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    assert main(["batch", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [("fastsider: error: --ray needs Ray, which is not installed: "
+                                         "pip install 'fastsider[ray]'")]
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_progress_counts_done_failed_and_running():
+    from fastsider.cli import _BatchBar
+    from fastsider.stages.batch import ImageRecord
+
+    bar = _BatchBar()
+    recs = {rel: ImageRecord("pending", "h", "c", rel) for rel in ("a.png", "b.png", "c.png")}
+    for rel, status in [("a.png", None), ("b.png", None), ("c.png", None), ("a.png", "running"),
+                        ("b.png", "running"), ("a.png", "failed"), ("c.png", "running")]:
+        if status is not None:
+            recs[rel].status = status
+        bar.update(rel, recs[rel])
+    task = bar.progress.tasks[0]
+    assert (task.completed, task.total) == (1, 3)
+    assert task.description.startswith("done 0, failed 1, running 2")

@@ -57,6 +57,28 @@ def test_zero_outside_the_grid():
     assert hm(points_in_view(10)).allclose(torch.full((10,), 1.0 / NORM.half_size, dtype=torch.float64))
 
 
+def test_fixed_reads_give_the_maps_value_and_its_finite_difference_gradient_and_move_with_the_map():
+    hm = HeightMap(CAMERA, NORM, SIZE // 2).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        hm.values.copy_(torch.rand(hm.values.shape, generator=g, dtype=torch.float64))
+    x = torch.cat([points_in_view(300), torch.tensor([[-0.99, 0.0, -0.9], [0.3, -0.99, -0.9]], dtype=torch.float64)])
+    reads = hm.reads_at(x)
+    h, grad = hm.read(reads)
+    assert torch.allclose(h, hm(x), atol=1e-12) and h[-2:].abs().max() == 0.0  # zero off the map
+    eps = 1e-7  # within one cell, where the bilinear read is smooth
+    for axis in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[axis] = eps
+        fd = (hm(x + step) - hm(x - step)) / (2 * eps)
+        assert torch.allclose(grad[:, axis], fd, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the weights hold for any map: read again after the map changed
+        hm.values.mul_(-2.0).add_(0.5)
+    h2, grad2 = hm.read(reads)
+    assert torch.allclose(h2, hm(x), atol=1e-12)
+    assert torch.allclose(grad2[:-2], -2.0 * grad[:-2], rtol=1e-9, atol=1e-9)
+
+
 def test_cubic_bspline_reproduces_linear_grids_and_has_a_continuous_slope():
     from fastsider.nn.maps import cubic_bspline
 

@@ -85,22 +85,25 @@ class StatusLines:
         self.progress.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from rich.logging import RichHandler
+def run_tool(prog: str, run_fn, args: argparse.Namespace, kept: Path) -> int:
+    """``run_fn(args)`` with the fit's logging; a bad input is one line on stderr (exit 2), Ctrl-C one
+    line saying where the finished fits are (exit 130). Shared by the tools in this folder."""
+    from fastsider.cli import _setup_logging
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, markup=False)], force=True)
-    for noisy in ("trimesh", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_logging(args.verbose)
     try:
-        return run(args)
+        return run_fn(args)
     except FastsiderError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished fits are kept in {args.out}", file=sys.stderr)
+        print(f"{prog}: interrupted; finished fits are kept in {kept}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool(PROG, run, args, args.out)
 
 
 def run(args: argparse.Namespace) -> int:

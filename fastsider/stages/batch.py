@@ -6,6 +6,9 @@ interrupted), the reason of a failure and the seconds spent; it is rewritten ato
 every photo. A rerun skips photos
 whose hash and config are unchanged (failed ones too, unless ``retry_failed``) and resumes
 interrupted fits from their checkpoints. One failing photo never stops the others.
+
+The fits run in this process (one job), in a local process pool (:class:`PoolExecutor`) or on a Ray
+cluster (``fastsider.stages.batch_ray``); :func:`run_parallel` is the batch logic both executors share.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Protocol
 
 from fastsider.config import FitConfig
 from fastsider.errors import FastsiderError, InputError, OutputError
@@ -32,8 +35,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MANIFEST_NAME = "manifest.json"
 
-# (photo's relative path, its record) -> None; the CLI advances a progress bar with it
+# (photo's relative path, its record) -> None, for each photo to fit with its status "pending", then
+# "running" when its fit starts, then its outcome; the CLI's progress bar counts them
 BatchProgress = Callable[[str, "ImageRecord"], None]
+Outcome = tuple[str, float, "str | None"]  # a fit's (status, seconds, reason)
+INTERRUPTED = "interrupted; rerun the batch to resume"
 
 
 @dataclass
@@ -130,7 +136,7 @@ def _is_finished(rec: ImageRecord | None, in_hash: str, cfg_hash: str, out_dir: 
     return rec.status == "failed" and not retry_failed
 
 
-def fit_one(image: Path, out: Path, cfg: FitConfig) -> tuple[str, float, str | None]:
+def fit_one(image: Path, out: Path, cfg: FitConfig) -> Outcome:
     """One fit, resumed from its checkpoint if an earlier batch was interrupted. Never raises
     (except KeyboardInterrupt in-process): returns (status, seconds, reason)."""
     from fastsider.stages.fit import run_fit
@@ -147,10 +153,19 @@ def fit_one(image: Path, out: Path, cfg: FitConfig) -> tuple[str, float, str | N
     except FastsiderError as exc:
         return "failed", time.perf_counter() - t0, str(exc)
     except KeyboardInterrupt:
-        return "interrupted", time.perf_counter() - t0, "interrupted; rerun the batch to resume"
+        return "interrupted", time.perf_counter() - t0, INTERRUPTED
     except Exception as exc:  # one photo's bug must not stop the batch; its reason is recorded
         log.exception("internal error on %s", image)
         return "failed", time.perf_counter() - t0, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def worker_setup(threads: int, log_format: str = "%(processName)s: %(message)s") -> None:
+    """A worker process's share of the CPU threads and its logging (warnings only: a fit's reasons go
+    to the manifest). Called in the process pool's workers and in each Ray task."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format=log_format)
 
 
 def _worker_init(threads: int, gpu_ids: Any) -> None:
@@ -158,10 +173,7 @@ def _worker_init(threads: int, gpu_ids: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if gpu_ids is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_ids.get())
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(processName)s: %(message)s")
+    worker_setup(threads)
 
 
 def default_jobs(cfg: FitConfig) -> int:
@@ -173,8 +185,34 @@ def default_jobs(cfg: FitConfig) -> int:
     return 1
 
 
+class Executor(Protocol):
+    """Where a batch's fits run: the local process pool (:class:`PoolExecutor`) or a Ray cluster
+    (``fastsider.stages.batch_ray.RayExecutor``). The batch logic (manifest, skip, resume, progress,
+    Ctrl-C) is :func:`run_parallel`'s, the same for both."""
+
+    slots: int  # fits at once; no more are submitted, so that none waits in a queue a Ctrl-C cannot reach
+
+    def submit(self, rel: str, image: Path, out: Path, cfg: FitConfig) -> Any:
+        """Start one fit (:func:`fit_one`); returns its handle."""
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """Block until at least one of ``handles`` has finished; returns the finished ones."""
+
+    def outcome(self, handle: Any) -> Outcome:
+        """A finished fit's outcome; a worker that died is an outcome ("crashed"), not an exception."""
+
+    def interrupt(self, handles: list[Any]) -> None:
+        """Ctrl-C: have the running fits checkpoint and return "interrupted"."""
+
+
+# (config, --jobs, number of photos to fit) -> a context manager giving the executor; entered only
+# when there is work, so a rerun with nothing to do starts nothing
+ExecutorFactory = Callable[[FitConfig, "int | None", int], ContextManager[Executor]]
+
+
 def run_batch(input_dir: Path, out_dir: Path, cfg: FitConfig, jobs: int | None = None, retry_failed: bool = False,
-              progress: BatchProgress | None = None) -> BatchResult:
+              progress: BatchProgress | None = None, executor: ExecutorFactory | None = None) -> BatchResult:
+    """``executor``: where the fits run (default: in this process for one job, else a process pool)."""
     if input_dir.resolve().is_relative_to(out_dir.resolve()):
         raise InputError(f"--out {out_dir} holds the input folder {input_dir}: its photos would be taken for outputs;"
                          " choose another --out (a folder inside the input folder is fine)")
@@ -185,14 +223,14 @@ def run_batch(input_dir: Path, out_dir: Path, cfg: FitConfig, jobs: int | None =
         raise InputError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
     lock = lock_folder(out_dir)  # one batch at a time per output folder (the manifest is shared)
     try:
-        return _run_locked(input_dir, out_dir, images, cfg, jobs, retry_failed, progress)
+        return _run_locked(input_dir, out_dir, images, cfg, jobs, retry_failed, progress, executor)
     finally:
         if lock is not None:
             os.close(lock)
 
 
 def _run_locked(input_dir: Path, out_dir: Path, images: list[Path], cfg: FitConfig, jobs: int | None,
-                retry_failed: bool, progress: BatchProgress | None) -> BatchResult:
+                retry_failed: bool, progress: BatchProgress | None, executor: ExecutorFactory | None) -> BatchResult:
     manifest = load_manifest(out_dir)
     folders = output_folders([p.relative_to(input_dir) for p in images], {k: r.out for k, r in manifest.items()})
     cfg_hash = config_hash(cfg)
@@ -208,65 +246,109 @@ def _run_locked(input_dir: Path, out_dir: Path, images: list[Path], cfg: FitConf
     log.info("batch: %d photos, %d to fit, %d already finished", len(images), len(todo), len(skipped))
     result = BatchResult({}, skipped, interrupted=False)
 
-    def record(rel: str, rec: ImageRecord, outcome: tuple[str, float, str | None]) -> None:
-        rec.status, rec.seconds, rec.reason = outcome
-        manifest[rel] = result.records[rel] = rec
-        save_manifest(out_dir, manifest)
+    def notify(rel: str, rec: ImageRecord) -> None:
         if progress is not None:
             progress(rel, rec)
 
-    jobs = jobs or default_jobs(cfg)
-    if jobs <= 1 or len(todo) <= 1:
-        for rel, image, rec in todo:
-            outcome = fit_one(image, out_dir / rec.out, cfg)
-            record(rel, rec, outcome)
-            if outcome[0] == "interrupted":
-                result.interrupted = True
-                break
-    else:
-        result.interrupted = _run_pool(todo, out_dir, cfg, jobs, record)
+    def record(rel: str, rec: ImageRecord, outcome: Outcome) -> None:
+        rec.status, rec.seconds, rec.reason = outcome
+        manifest[rel] = result.records[rel] = rec
+        save_manifest(out_dir, manifest)
+        notify(rel, rec)
+
+    for rel, _, rec in todo:  # the progress learns the batch's size: each photo pending, running, then its status
+        notify(rel, rec)
+    if not todo:
+        return result
+    if executor is None:
+        jobs = jobs or default_jobs(cfg)
+        executor = PoolExecutor
+        if jobs <= 1 or len(todo) <= 1:  # in this process: a Ctrl-C reaches the fit directly
+            for rel, image, rec in todo:
+                rec.status = "running"
+                notify(rel, rec)
+                outcome = fit_one(image, out_dir / rec.out, cfg)
+                record(rel, rec, outcome)
+                if outcome[0] == "interrupted":
+                    result.interrupted = True
+                    break
+            return result
+    with executor(cfg, jobs, len(todo)) as ex:
+        result.interrupted = run_parallel(ex, todo, out_dir, cfg, record, notify)
     return result
 
 
-def _run_pool(todo: list[tuple[str, Path, ImageRecord]], out_dir: Path, cfg: FitConfig, jobs: int,
-              record: Callable[[str, ImageRecord, tuple], None]) -> bool:
-    """Fits in ``jobs`` worker processes. Returns True if Ctrl-C stopped the batch."""
-    import torch
-
-    ctx = get_context("spawn")
-    gpu_ids = None
-    if cfg.device != "cpu" and torch.cuda.is_available():
-        gpu_ids = ctx.Queue()
-        for k in range(jobs):
-            gpu_ids.put(k % torch.cuda.device_count())
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    interrupted = False
+def run_parallel(ex: Executor, todo: list[tuple[str, Path, ImageRecord]], out_dir: Path, cfg: FitConfig,
+                 record: Callable[[str, ImageRecord, Outcome], None],
+                 notify: Callable[[str, ImageRecord], None]) -> bool:
+    """The fits of ``todo`` on ``ex``, at most ``ex.slots`` at once, each recorded as it finishes.
+    Returns True if Ctrl-C stopped the batch: then the running fits are asked to checkpoint and are
+    recorded "interrupted" (resumed by a rerun), and no new one is started."""
     pending = list(todo)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, gpu_ids)) as pool:
-        running: dict[Future, tuple[str, ImageRecord]] = {}
+    running: dict[Any, tuple[str, ImageRecord]] = {}
+    interrupted = False
+    try:
+        while pending or running:
+            while pending and len(running) < ex.slots and not interrupted:
+                rel, image, rec = pending.pop(0)
+                running[ex.submit(rel, image, out_dir / rec.out, cfg)] = (rel, rec)
+                rec.status = "running"
+                notify(rel, rec)
+            if not running:
+                break
+            for handle in ex.wait(list(running)):
+                rel, rec = running.pop(handle)
+                outcome = ex.outcome(handle)
+                record(rel, rec, outcome)
+                interrupted = interrupted or outcome[0] == "interrupted"
+    except KeyboardInterrupt:
+        interrupted = True
+        ex.interrupt(list(running))
         try:
-            while pending or running:
-                # at most `jobs` in flight: nothing queued that a Ctrl-C could not cancel
-                while pending and len(running) < jobs and not interrupted:
-                    rel, image, rec = pending.pop(0)
-                    running[pool.submit(fit_one, image, out_dir / rec.out, cfg)] = (rel, rec)
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    rel, rec = running.pop(fut)
-                    try:
-                        outcome = fut.result()
-                    except BrokenProcessPool:  # a worker was killed (out of memory?): retried next run
-                        outcome = ("crashed", 0.0, "a worker process died (out of memory?); rerun to retry")
-                    record(rel, rec, outcome)
-                    interrupted = interrupted or outcome[0] == "interrupted"
-        except KeyboardInterrupt:  # workers got the signal too: they checkpoint and return
-            interrupted = True
-            for fut, (rel, rec) in running.items():
-                try:
-                    record(rel, rec, fut.result())
-                except (BrokenProcessPool, KeyboardInterrupt):
-                    pass
-            pool.shutdown(wait=True, cancel_futures=True)
+            while running:
+                handle = next(iter(running))
+                record(*running.pop(handle), ex.outcome(handle))
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; what was running is redone by a rerun
+            for rel, rec in running.values():
+                record(rel, rec, ("interrupted", 0.0, INTERRUPTED))
     return interrupted
+
+
+class PoolExecutor:
+    """``jobs`` local worker processes, each with its share of the CPU threads and a GPU of its own if
+    there are GPUs. A terminal's Ctrl-C reaches the workers too: each fit checkpoints and returns."""
+
+    def __init__(self, cfg: FitConfig, jobs: int, n_fits: int) -> None:
+        import torch
+
+        self.ctx = get_context("spawn")
+        self.gpu_ids = None
+        if cfg.device != "cpu" and torch.cuda.is_available():
+            self.gpu_ids = self.ctx.Queue()
+            for k in range(jobs):
+                self.gpu_ids.put(k % torch.cuda.device_count())
+        self.slots = jobs
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def __enter__(self) -> "PoolExecutor":
+        self.pool = ProcessPoolExecutor(self.slots, mp_context=self.ctx, initializer=_worker_init,
+                                        initargs=(self.threads, self.gpu_ids))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, rel: str, image: Path, out: Path, cfg: FitConfig) -> Future:
+        return self.pool.submit(fit_one, image, out, cfg)
+
+    def wait(self, handles: list[Future]) -> list[Future]:
+        return list(wait(handles, return_when=FIRST_COMPLETED).done)
+
+    def outcome(self, handle: Future) -> Outcome:
+        try:
+            return handle.result()
+        except BrokenProcessPool:  # a worker was killed (out of memory?): retried next run
+            return "crashed", 0.0, "a worker process died (out of memory?); rerun to retry"
+
+    def interrupt(self, handles: list[Future]) -> None:
+        pass  # the workers had the terminal's SIGINT too; another would stop them without a checkpoint

@@ -63,8 +63,7 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     def loss_fn() -> dict[str, torch.Tensor]:
         if frozen is not None:
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
-            terms = height_map_terms(model, frozen, pool.points[pt_idx], pool.sdf[pt_idx], pt_idx, cfg, unit_mm,
-                                     scatter)
+            terms = height_map_terms(model, frozen, pool.sdf[pt_idx], pt_idx, cfg, unit_mm, scatter)
         else:
             ray_idx = torch.randint(n_rays, (min(cfg.mlp.rays_per_batch, n_rays),), generator=generator, device=device)
             pt_idx = torch.randint(n_pts, (cfg.sdf_points_per_batch,), generator=generator, device=device)
