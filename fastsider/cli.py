@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from fastsider import __version__
@@ -294,11 +295,15 @@ class _BatchBar:
                                  TextColumn("{task.description}"), transient=False)
         self.task = self.progress.add_task("", total=None)
         self.status: dict[str, str] = {}
+        self.counts: Counter[str] = Counter()  # photos per status, kept as they change (batches of thousands)
 
     def update(self, rel: str, rec) -> None:
+        if rel in self.status:
+            self.counts[self.status[rel]] -= 1
         self.status[rel] = rec.status
-        counts = {s: sum(v == s for v in self.status.values()) for s in ("done", "failed", "crashed", "running")}
-        finished = sum(v not in ("pending", "running") for v in self.status.values())
+        self.counts[rec.status] += 1
+        counts = self.counts
+        finished = len(self.status) - counts["pending"] - counts["running"]
         last = f"  (last: {rel} {rec.status})" if rec.status not in ("pending", "running") else ""
         self.progress.update(self.task, total=len(self.status), completed=finished,
                              description=f"done {counts['done']}, failed {counts['failed'] + counts['crashed']}, "

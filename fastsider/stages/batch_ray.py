@@ -133,8 +133,7 @@ class RayExecutor:
             if self.address is None:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves this machine
                 ray.init(num_cpus=max(self.jobs or 0, os.cpu_count() or 1), include_dashboard=False, **common)
-            else:
-                check_reachable(self.address)
+            else:  # the CLI has checked the address (check_reachable) before making any output
                 ray.init(address=self.address, **common)
         except FastsiderError:
             raise
