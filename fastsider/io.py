@@ -344,12 +344,20 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+PNG_COMPRESS_LEVEL = 3  # zlib level: 2.5x faster than the default 6 for ~20% larger files
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """A PNG of float [H, W(, C)] in [0, 1] (8-bit), uint8, or uint16 (16-bit)."""
+    if img.dtype not in (np.uint8, np.uint16):
+        img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return iio.imwrite("<bytes>", img, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
+
+
 def save_image(path: Path, img: np.ndarray) -> None:
     """Float images in [0, 1] or uint8 -> PNG."""
-    if img.dtype != np.uint8:
-        img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     # encoded in memory, then written: a full disk is one OSError here, not one more from a destructor
-    path.write_bytes(iio.imwrite("<bytes>", img, extension=".png"))
+    path.write_bytes(png_bytes(img))
 
 
 def save_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:

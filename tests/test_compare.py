@@ -123,10 +123,12 @@ def test_budget_overrides_win_and_meshes_match(tmp_path):
     for preset in (FAST, REFERENCE):
         cfg = load_config(preset, preset_overrides(req, preset))
         assert (cfg.stage1.iterations, cfg.stage2.iterations) == (7, 3)
-        assert cfg.mesh.resolution == load_config(FAST).mesh.resolution  # the reference's own is larger
+        assert cfg.mesh.method == load_config(FAST).mesh.method  # the reference's own is marching cubes
         assert cfg.stage2.snapshot_every == 0
-    own = CompareRequest(image=None, out=tmp_path, overrides=("mesh.resolution=64",))
-    assert load_config(REFERENCE, preset_overrides(own, REFERENCE)).mesh.resolution == 64
+    own = CompareRequest(image=None, out=tmp_path, overrides=("mesh.method=marching_cubes", "mesh.resolution=64"))
+    assert load_config(FAST, preset_overrides(own, FAST)).mesh.resolution == 64
+    cubes = CompareRequest(image=None, out=tmp_path, overrides=("mesh.method=marching_cubes",))
+    assert load_config(REFERENCE, preset_overrides(cubes, REFERENCE)).mesh.resolution == load_config(FAST).mesh.resolution
 
     timed = CompareRequest(image=None, out=tmp_path, budget="time")
     assert load_config(FAST, preset_overrides(timed, FAST)).stage1.iterations == load_config(FAST).stage1.iterations

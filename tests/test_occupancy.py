@@ -3,11 +3,13 @@ that skips empty cells and matches plain tracing, and its backends."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from fastsider.sdf import _nerfacc
-from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
+from fastsider.sdf.occupancy import BOX_DIAGONAL, SAMPLES_PER_CELL, OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 from synthetic_scenes import CENTRE, GRAZE, RADIUS, TRACE, camera_rays, sphere_depth, sphere_sdf
 
@@ -81,3 +83,83 @@ def test_make_occupancy_grid_backends():
         _nerfacc.first_last_occupied(
             auto.occupied, o, o, o[:, 0], o[:, 0], o[:, 0] == 0, 0.1, (-1.0, 1.0)
         )
+
+
+def _reference_lookup(occupied, points):
+    """The original lookup: floor((p + 1) / h), out of [0, R) per axis -> False."""
+    r = occupied.shape[0]
+    idx = torch.floor((points - -1.0) / (2.0 / r)).long()
+    inside = ((idx >= 0) & (idx < r)).all(dim=-1)
+    idx = idx.clamp(0, r - 1)
+    return occupied.view(-1)[(idx[..., 0] * r + idx[..., 1]) * r + idx[..., 2]] & inside
+
+
+def _reference_segments(grid, origins, dirs, t_near, t_far):
+    """The original ray_segments: every sample of the box diagonal looked up, 64 at a time."""
+    box = ray_aabb_intersect(origins, dirs)
+    t0, t1 = torch.maximum(t_near, box.t_near), torch.minimum(t_far, box.t_far)
+    step = grid.cell_size / SAMPLES_PER_CELL
+    n_samples = math.ceil(BOX_DIAGONAL / step) + 1
+    first = torch.full((origins.shape[0],), n_samples, dtype=torch.long)
+    last = torch.full((origins.shape[0],), -1, dtype=torch.long)
+    for b in range(0, n_samples, 64):
+        i = torch.arange(b, min(b + 64, n_samples))
+        ts = t0[:, None] + (i.to(t0.dtype) + 0.5) * step
+        pts = origins[:, None, :] + ts[..., None] * dirs[:, None, :]
+        occ = _reference_lookup(grid.occupied, pts) & (ts <= t1[:, None])
+        first = torch.minimum(first, torch.where(occ, i, n_samples).amin(dim=1))
+        last = torch.maximum(last, torch.where(occ, i, -1).amax(dim=1))
+    valid = (last >= 0) & box.valid & (t0 < t1)
+    t_start = torch.maximum(t0 + first.to(t0.dtype) * step - step, t0)
+    t_end = torch.minimum(t0 + (last + 1).to(t0.dtype) * step + step, t1)
+    return torch.where(valid, t_start, t_near), torch.where(valid, t_end, t_near), valid
+
+
+def _random_rays(gen, n, r):
+    """Rays from outside and inside the box, some aimed at cell corners (grazing), some axis-aligned
+    along cell planes, a few non-unit, with random t_near / t_far clipping."""
+    h = 2.0 / r
+    corner = lambda m: -1.0 + torch.randint(0, r + 1, (m, 3), generator=gen) * h
+    far = torch.randn(n, 3, generator=gen)
+    origins = torch.cat([far / far.norm(dim=-1, keepdim=True) * 4.0, torch.rand(n, 3, generator=gen) * 2 - 1])
+    target = torch.cat([corner(n), torch.rand(n, 3, generator=gen) * 3 - 1.5])
+    dirs = torch.nn.functional.normalize(target - origins, dim=-1)
+    axis = torch.eye(3)[torch.randint(0, 3, (n,), generator=gen)] * torch.sign(torch.randn(n, 1, generator=gen))
+    on_planes = torch.where(axis != 0, -3.0 * axis, corner(n))  # enters a face along cell edges
+    origins, dirs = torch.cat([origins, on_planes]), torch.cat([dirs, axis])
+    dirs[: n // 8] *= 0.5 + torch.rand(n // 8, 1, generator=gen) * 1.5
+    m = origins.shape[0]
+    box = ray_aabb_intersect(origins, dirs)
+    t_near = torch.where(torch.rand(m, generator=gen) < 0.3, box.t_near + torch.rand(m, generator=gen), box.t_near)
+    t_far = torch.where(torch.rand(m, generator=gen) < 0.3, t_near + torch.rand(m, generator=gen) * 2, box.t_far)
+    return origins, dirs, t_near, t_far
+
+
+@pytest.mark.parametrize("r, density", [(4, 0.1), (7, 0.02), (16, 0.002), (33, 0.05), (64, 0.3)])
+def test_ray_segments_match_full_sampling(r, density):
+    """Skipping blocks the summed-area test rules out gives the full sampling's answer, bit for bit."""
+    gen = torch.Generator().manual_seed(r)
+    grid = OccupancyGrid(torch.rand(r, r, r, generator=gen) < density)
+    rays = _random_rays(gen, 1500, r)
+    seg = grid.ray_segments(*rays)
+    ref = _reference_segments(grid, *rays)
+    assert 0 < seg.valid.sum() < seg.valid.numel()
+    for got, want in zip(seg, ref):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("r", [1, 5, 64, 255])  # 255: the padded flat index needs float64
+def test_contains_matches_reference_lookup(r):
+    gen = torch.Generator().manual_seed(r)
+    occupied = torch.rand(r, r, r, generator=gen) < 0.4
+    grid = OccupancyGrid(occupied)
+    h = 2.0 / r
+    points = torch.cat([
+        torch.rand(20000, 3, generator=gen) * 3 - 1.5,
+        -1.0 + torch.randint(-2, r + 3, (20000, 3), generator=gen) * h,  # on cell planes, in and out
+        torch.tensor([[1e30, 0, 0], [-1e30, 0.5, 0.5], [1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]),
+    ])
+    assert torch.equal(grid.contains(points), _reference_lookup(occupied, points))
+    assert torch.equal(grid.contains(points.double()), _reference_lookup(occupied, points.double()))
+    batch = points[:40000].view(4000, 10, 3)  # any leading shape
+    assert torch.equal(grid.contains(batch), _reference_lookup(occupied, batch))

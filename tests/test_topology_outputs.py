@@ -92,7 +92,7 @@ def sphere_cap(n: int = 17, half_mm: float = 20.0) -> CoarseFace:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """write_topology_outputs for the sphere cap under sphere - h, 256-texel maps."""
-    from fastsider.stages.topology import write_topology_outputs
+    from fastsider.stages.topology import detailed_topology, write_topology_outputs
 
     model, _ = sphere_with_height_map(0.5)
     coarse = sphere_cap()
@@ -104,7 +104,8 @@ def written(tmp_path_factory):
                          mm_per_px=600.0 / CAMERA.fx)
     d = tmp_path_factory.mktemp("topology")
     with OutputStage(d) as out:
-        stats = write_topology_outputs(out, st, ExportConfig(texture_size=256), "mesh")
+        cfg = ExportConfig(texture_size=256)
+        stats, _ = write_topology_outputs(out, st, cfg, detailed_topology(st, cfg, with_atlas=True), "mesh")
         out.commit()
     return d, stats, model, coarse
 
@@ -163,7 +164,8 @@ def test_the_glb_and_the_objs_load_with_uvs_and_textures(written):
 @pytest.mark.slow
 def test_a_tiny_fit_writes_the_topology_mesh_in_one_piece(tmp_path, example_files):
     """The whole job on the example (tiny config): the topology outputs beside mesh.ply, one connected
-    piece, rebuilt from the map within 0.01 mm; summary.json's stage times add up to the total."""
+    piece, rebuilt from the map within 0.01 mm, mesh.ply the same surface; summary.json's stage times
+    add up to the total."""
     from fit_helpers import fit_argv
 
     from fastsider.cli import main
@@ -181,4 +183,6 @@ def test_a_tiny_fit_writes_the_topology_mesh_in_one_piece(tmp_path, example_file
     assert len(trimesh.Trimesh(v, fv, process=False).split(only_watertight=False)) == 1
     rebuilt, written_v = rebuild(out)
     assert np.linalg.norm(rebuilt - written_v, axis=1).max() < 0.01
-    assert summary["outputs"]["mesh_pieces"] >= 1
+    assert summary["outputs"]["mesh_method"] == "topology"
+    ply = trimesh.load(out / "mesh.ply", process=False)  # the same mesh (OBJ's 5 decimals)
+    assert ply.vertices.shape == written_v.shape and np.abs(ply.vertices - written_v).max() < 1e-4

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from fastsider.export.formats import png_bytes
+from fastsider.io import png_bytes
 from fastsider.export.viewer import viewer_html
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

@@ -296,6 +296,9 @@ class DetailStageConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
+    method: Literal["topology", "marching_cubes"] = "topology"  # mesh.ply: the coarse mesh subdivided to
+                                       # export.edge_px and moved onto the zero set (mesh.obj's surface), or
+                                       # marching cubes of the SDF in the coarse band (the paper's way)
     resolution: Annotated[int, Interval(ge=8, le=1024)] = 448  # marching-cubes samples along the longest box
                                        # side: 0.39 mm on a face's 175 mm box (1024: a 5 GB volume)
     chunk_points: Annotated[int, Interval(ge=1, le=1 << 24)] = 131072
@@ -311,7 +314,8 @@ class MeshConfig:
 class ExportConfig:
     """The detailed mesh on the coarse topology, its UV maps and the OBJ / glTF files (fastsider/export/)."""
 
-    topology: bool = True              # write them; false: mesh.ply and the pictures only
+    topology: bool = True              # write them; false: mesh.ply and the pictures only (the keys below
+                                       # up to fade_mm still shape mesh.ply when mesh.method = "topology")
     edge_px: Annotated[float, Interval(gt=0.0, le=64.0)] = 1.0  # target edge, working-crop pixels: the coarse
                                        # mesh is midpoint-subdivided until its median edge comes nearest
     max_faces: Annotated[int, Interval(ge=1, le=1 << 24)] = 1 << 20  # fewer subdivision levels beyond this
@@ -387,7 +391,10 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
         out["model.backend"] = "there is no MLP to implement"
     if m.sdf != "lattice":
         out["model.lattice"] = "model.sdf is not 'lattice'"
-    if m.sdf != "lattice" or m.detail != "height_map":
+    if cfg.mesh.method != "marching_cubes":
+        for key in ("resolution", "chunk_points", "detail_band_mm", "min_piece_fraction"):
+            out[f"mesh.{key}"] = "mesh.method is not 'marching_cubes'"
+    elif m.sdf != "lattice" or m.detail != "height_map":
         out["mesh.detail_band_mm"] = "only a height map on the lattice bounds where the SDF can change"
     if m.detail != "height_map":
         out["model.height_map"] = out["stage2.height_map"] = "model.detail is not 'height_map'"
@@ -406,8 +413,10 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
     if not cfg.stage2.skip_pigment:
         out["stage2.pigment_threshold"] = "stage2.skip_pigment is off"
     if not cfg.export.topology:
-        for key in ("edge_px", "max_faces", "newton_steps", "max_displacement_mm", "fade_mm", "texture_size",
-                    "uv_atlas", "slim_iterations"):
+        keys = ("texture_size", "uv_atlas", "slim_iterations")
+        if cfg.mesh.method != "topology":  # else mesh.ply is made with these
+            keys += ("edge_px", "max_faces", "newton_steps", "max_displacement_mm", "fade_mm")
+        for key in keys:
             out[f"export.{key}"] = "export.topology is off"
     elif cfg.export.uv_atlas == "xatlas":
         out["export.slim_iterations"] = "export.uv_atlas = 'xatlas' makes no disk chart"

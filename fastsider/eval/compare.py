@@ -109,8 +109,10 @@ def coarse_argv(req: CompareRequest) -> list[str]:
 def preset_overrides(req: CompareRequest, preset: str, fast_summary: dict | None = None) -> list[str]:
     """The ``--set`` list of one preset's fit: shared settings, the user's, then the budget (which wins)."""
     own = {t.split("=", 1)[0].strip() for t in req.overrides}
-    shared = [t for t in (f"mesh.resolution={load_config(FAST, list(req.overrides)).mesh.resolution}",
-                          "stage2.snapshot_every=0") if t.split("=")[0] not in own] + list(req.overrides)
+    mesh = load_config(FAST, list(req.overrides)).mesh  # both presets meshed the same way
+    meshing = [f"mesh.method={mesh.method}"] + ([f"mesh.resolution={mesh.resolution}"]
+                                                if mesh.method == "marching_cubes" else [])
+    shared = [t for t in (*meshing, "stage2.snapshot_every=0") if t.split("=")[0] not in own] + list(req.overrides)
     n1, n2 = req.stage1_iterations, req.stage2_iterations
     if req.budget == "iterations":
         n1, n2 = n1 or DEFAULT_ITERATIONS[0], n2 or DEFAULT_ITERATIONS[1]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsider.camera import Camera
+from fastsider.io import png_bytes
 
 GLTF_FROM_CAMERA = np.array([1.0, -1.0, -1.0]) / 1000.0  # OpenCV camera frame, mm -> glTF (y up, -z ahead), m
 
@@ -95,20 +96,9 @@ def glb_bytes(vertices_mm: np.ndarray, normals: np.ndarray, faces_uv: np.ndarray
 
 def png16_bytes(codes: np.ndarray) -> bytes:
     """A 16-bit greyscale PNG of ``codes`` [H, W] uint16."""
-    import imageio.v3 as iio
-
     if codes.dtype != np.uint16 or codes.ndim != 2:
         raise ValueError(f"uint16 [H, W] expected, got {codes.dtype} {codes.shape}")
-    return iio.imwrite("<bytes>", codes, extension=".png")
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """An 8-bit PNG of a float [H, W, C] image in [0, 1] (or uint8)."""
-    import imageio.v3 as iio
-
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return iio.imwrite("<bytes>", image, extension=".png")
+    return png_bytes(codes)
 
 
 def write_bytes(path: Path, data: bytes | str) -> None:

@@ -26,7 +26,8 @@ BOX_MIN = -1.0             # normalized box corner (all axes)
 BOX_MAX = 1.0
 GRID_CHUNK = 65536         # cell centres per sdf_fn call in from_sdf
 SAMPLES_PER_CELL = 2       # ray_segments samples the ray every h / 2
-SEGMENT_BLOCK = 64         # samples per ray looked up at once in the torch ray_segments
+SEGMENT_BLOCK = 8          # samples per block the torch ray_segments skips or looks up
+RAY_CHUNK = 16384          # rays per pass of the torch ray_segments (bounds temporaries)
 BOX_DIAGONAL = (BOX_MAX - BOX_MIN) * math.sqrt(3.0)
 
 GridBackend = Literal["auto", "torch", "nerfacc"]
@@ -120,27 +121,90 @@ class OccupancyGrid(torch.nn.Module):
         """Whether each point lies in an occupied cell (points outside the box: False)."""
         return self._lookup(points)
 
-    def _lookup(self, points: Tensor) -> Tensor:  # [..., 3] -> [...] bool
-        r = self.resolution
-        idx = torch.floor((points - BOX_MIN) / self.cell_size).long()
-        inside = ((idx >= 0) & (idx < r)).all(dim=-1)
-        idx = idx.clamp(0, r - 1)
-        flat = (idx[..., 0] * r + idx[..., 1]) * r + idx[..., 2]
-        return self.occupied.view(-1)[flat] & inside
+    def _padded(self) -> Tensor:  # [(R + 2)^3] bool, the grid in an empty one-cell border
+        return torch.nn.functional.pad(self.occupied, (1, 1, 1, 1, 1, 1)).view(-1)
 
-    def _first_last_torch(self, origins, dirs, t0, t1, step):
-        """Raw [start of first, end of last] occupied sample interval, torch path."""
-        n_rays = origins.shape[0]
-        n_samples = math.ceil(BOX_DIAGONAL / step) + 1  # fixed: no host sync on t1 - t0
+    def _cells(self, points: Tensor) -> Tensor:  # [..., 3] -> [..., 3] float cell index, -1..R
+        # cell = floor((p - BOX_MIN) / h), the same float ops wherever a point's cell is taken;
+        # clamping puts every outside point in the border (cell -1 or R) of the padded grid
+        return ((points - BOX_MIN) / self.cell_size).floor_().clamp_(-1, self.resolution)
+
+    def _flat(self, cells: Tensor) -> Tensor:  # [..., 3] cells -> [...] int32 index into _padded
+        s = self.resolution + 2
+        exact = cells.dtype if s**3 <= 2**24 else torch.float64  # integer sums exact in float
+        stride = torch.tensor([s * s, s, 1], dtype=exact, device=cells.device)
+        flat = (cells.to(exact) @ stride).add_(s * s + s + 1)
+        return flat.to(torch.int32).clamp_(0, s**3 - 1)  # NaN points -> corner 0 (empty)
+
+    def _lookup(self, points: Tensor, padded: Tensor | None = None) -> Tensor:  # [..., 3] -> [...]
+        padded = self._padded() if padded is None else padded
+        flat = self._flat(self._cells(points))
+        return padded.index_select(0, flat.view(-1)).view(flat.shape)  # ~4x faster than padded[flat]
+
+    def _block_candidates(self, origins, dirs, t0, t1, step, n_blocks, sat):
+        """[n, n_blocks] bool: block k (samples kB .. kB + B - 1) may hold an occupied sample.
+
+        Each axis' cell index is monotone in the sample index (every float op is), so a block's
+        cells lie in the index box spanned by samples kB and (k + 1) B: the block is a candidate
+        when that box holds an occupied cell (summed-area table ``sat``) and it starts <= t1.
+        """
+        s = self.resolution + 2
+        i = torch.arange(n_blocks + 1, device=origins.device) * SEGMENT_BLOCK
+        ts = t0[:, None] + (i.to(t0.dtype) + 0.5) * step  # the samples' own formula
+        c = self._cells(origins[:, None, :] + ts[..., None] * dirs[:, None, :]).to(torch.int32)
+        c = c.add_(1).clamp_(0, s - 1).permute(2, 0, 1)  # [3, n, K + 1] padded cells (NaN: 0)
+        w = torch.tensor([(s + 1) ** 2, s + 1, 1], dtype=torch.int32, device=c.device)[:, None, None]
+        lo = torch.minimum(c[..., :-1], c[..., 1:]) * w  # [3, n, K] box corners in sat's flat units
+        hi = (torch.maximum(c[..., :-1], c[..., 1:]) + 1) * w
+        x, y, z = (torch.stack([lo[a], hi[a]]) for a in range(3))  # [2, n, K] each
+        corners = (x[:, None] + y[None, :])[:, :, None] + z  # [2, 2, 2, n, K]
+        v = sat.view(-1).index_select(0, corners.view(-1)).view(8, *lo.shape[1:])
+        count = (v[7] - v[6] - v[5] + v[4]) - (v[3] - v[2] - v[1] + v[0])  # inclusion-exclusion
+        return (count > 0) & (ts[:, :-1] <= t1[:, None])
+
+    def _scan(self, cand, origins, dirs, t0, t1, step, n_samples, padded, last: bool):
+        """First (last: last) occupied sample per ray, visiting its candidate blocks from that end
+        until one holds one ([n] long; none: -1)."""
+        b = SEGMENT_BLOCK
+        found = torch.full((cand.shape[0],), -1, dtype=torch.long, device=cand.device)
+        rows = cand.any(1).nonzero().squeeze(1)
+        j = torch.arange(b - 1, -1, -1, device=cand.device) if last else torch.arange(b, device=cand.device)
+        order = cand.flip(1) if last else cand.clone()  # blocks in visiting order; visited: False
+        while rows.numel():
+            pos = order[rows].to(torch.uint8).argmax(1)  # next candidate block (first True)
+            blk = cand.shape[1] - 1 - pos if last else pos
+            i = blk[:, None] * b + j  # [a, B] its samples, in visiting order
+            ts = t0[rows, None] + (i.to(t0.dtype) + 0.5) * step  # the full sampling's ops
+            pts = origins[rows, None, :] + ts[..., None] * dirs[rows, None, :]
+            occ = self._lookup(pts, padded) & (ts <= t1[rows, None]) & (i < n_samples)
+            hit = occ.any(1)
+            found[rows[hit]] = i[hit].gather(1, occ[hit].to(torch.uint8).argmax(1, keepdim=True))[:, 0]
+            order[rows, pos] = False
+            rows = rows[~hit & order[rows].any(1)]
+        return found
+
+    def _first_last_torch(self, origins, dirs, t0, t1, step, seg_ok):
+        """Raw [start of first, end of last] occupied sample interval, torch path.
+
+        The samples and answer of looking every sample up (i < n_samples, t_i <= t1), with only
+        the blocks that may be occupied (``_block_candidates``) looked up, from either end.
+        """
+        n_rays, s = origins.shape[0], self.resolution + 2
+        n_samples = math.ceil(BOX_DIAGONAL / step) + 1
         first = torch.full((n_rays,), n_samples, dtype=torch.long, device=origins.device)
         last = torch.full((n_rays,), -1, dtype=torch.long, device=origins.device)
-        for b in range(0, n_samples, SEGMENT_BLOCK):
-            i = torch.arange(b, min(b + SEGMENT_BLOCK, n_samples), device=origins.device)
-            ts = t0[:, None] + (i.to(t0.dtype) + 0.5) * step  # sample = interval midpoint
-            pts = origins[:, None, :] + ts[..., None] * dirs[:, None, :]
-            occ = self._lookup(pts) & (ts <= t1[:, None])  # [n_rays, k]
-            first = torch.minimum(first, torch.where(occ, i, n_samples).amin(dim=1))
-            last = torch.maximum(last, torch.where(occ, i, -1).amax(dim=1))
+        padded = self._padded()
+        sat = torch.zeros(s + 1, s + 1, s + 1, dtype=torch.int32, device=origins.device)
+        sat[1:, 1:, 1:] = padded.view(s, s, s).int().cumsum(0).cumsum(1).cumsum(2)
+        for rays in seg_ok.nonzero().squeeze(1).split(RAY_CHUNK):  # the rest are invalid anyway
+            ray = origins[rays], dirs[rays], t0[rays], t1[rays]
+            # blocks past the longest segment start > B steps after every t1: no samples left
+            length = (ray[3] - ray[2]).max().item()
+            n_blocks = min(math.ceil(n_samples / SEGMENT_BLOCK), int(length / (SEGMENT_BLOCK * step)) + 2)
+            cand = self._block_candidates(*ray, step, n_blocks, sat)
+            f = self._scan(cand, *ray, step, n_samples, padded, last=False)
+            last[rays] = self._scan(cand, *ray, step, n_samples, padded, last=True)
+            first[rays] = torch.where(f >= 0, f, n_samples)
         valid = last >= 0
         return t0 + first.to(t0.dtype) * step, t0 + (last + 1).to(t0.dtype) * step, valid
 
@@ -184,7 +248,7 @@ class OccupancyGrid(torch.nn.Module):
                 self.occupied, origins, dirs, t0, t1, seg_ok, step, (BOX_MIN, BOX_MAX)
             )
         else:
-            first, last, valid = self._first_last_torch(origins, dirs, t0, t1, step)
+            first, last, valid = self._first_last_torch(origins, dirs, t0, t1, step, seg_ok)
         valid = valid & seg_ok
         t_start = torch.maximum(first - step, t0)
         t_end = torch.minimum(last + step, t1)

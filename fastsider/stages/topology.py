@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ from fastsider.config import ExportConfig
 from fastsider.errors import InputError
 from fastsider.export import bake, formats
 from fastsider.export.displace import displace_onto_zero_set, fade_weights, visible_vertices
-from fastsider.export.subdivision import levels_for_edge, median_edge_mm, vertex_normals
+from fastsider.export.subdivision import (Subdivision, levels_for_edge, median_edge_mm, midpoint_subdivide,
+                                          vertex_normals)
 from fastsider.export.uv import UVAtlas, disk_atlas, folded, is_disk, subdivide_with_atlas, xatlas_atlas
 from fastsider.export.viewer import viewer_html
 from fastsider.face.types import CoarseFace
-from fastsider.io import OutputStage, save_json
+from fastsider.io import OutputStage, png_bytes, save_json
 
 if TYPE_CHECKING:
     from fastsider.stages.fit import FitState
@@ -69,17 +70,41 @@ def coarse_atlas(coarse: CoarseFace, cfg: ExportConfig) -> tuple[UVAtlas, str]:
     return xatlas_atlas(coarse.vertices, coarse.faces, cfg.texture_size, XATLAS_PADDING_PX), "xatlas"
 
 
-def write_topology_outputs(out: OutputStage, st: FitState, cfg: ExportConfig, stem: str = "mesh") -> dict[str, Any]:
-    """Write ``{stem}.obj/.mtl/.glb``, ``coarse.obj/.mtl``, the maps and the correspondence; return their
-    figures for summary.json (counts, displacement range, on-surface residuals, seconds by step)."""
+class DetailedTopology(NamedTuple):
+    """The coarse mesh midpoint-subdivided, each vertex the camera sees moved along its normal onto the
+    model's zero set (the rest keeps the coarse surface, with a fade between)."""
+
+    sub: Subdivision
+    atlas: UVAtlas | None      # the coarse mesh's atlas and the subdivided one (when the maps are baked)
+    sub_atlas: UVAtlas | None
+    atlas_method: str | None   # "disk" or "xatlas"
+    base_normals: np.ndarray   # [n, 3] area-weighted unit normals of the subdivided coarse mesh
+    visible: np.ndarray        # [n] bool
+    converged: np.ndarray      # [n] bool: the Newton walk ended on the zero set
+    residual_mm: np.ndarray    # [n] |f| where the walk ended
+    d_mm: np.ndarray           # [n] the displacement along base_normals, faded
+    weight: np.ndarray         # [n] the fade's weight in [0, 1]
+    seconds: dict[str, float]
+
+    @property
+    def vertices(self) -> np.ndarray:
+        return self.sub.vertices + self.d_mm[:, None] * self.base_normals
+
+
+def detailed_topology(st: FitState, cfg: ExportConfig, with_atlas: bool) -> DetailedTopology:
+    """The detailed surface on the coarse topology (``with_atlas``: and the UV atlas for the maps)."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    c, size = st.prep.coarse, cfg.texture_size
-    atlas, method = coarse_atlas(c, cfg)
+    c = st.prep.coarse
     levels = levels_for_edge(median_edge_mm(c.vertices, c.faces), cfg.edge_px * st.mm_per_px, len(c.faces),
                              cfg.max_faces)
-    sub, sub_atlas = subdivide_with_atlas(c.vertices, c.faces, atlas, levels)
-    seconds["atlas"] = time.perf_counter() - t
+    atlas = sub_atlas = method = None
+    if with_atlas:
+        atlas, method = coarse_atlas(c, cfg)
+        sub, sub_atlas = subdivide_with_atlas(c.vertices, c.faces, atlas, levels)
+    else:
+        sub = midpoint_subdivide(c.vertices, c.faces, levels)
+    seconds["subdivide"] = time.perf_counter() - t
 
     t = time.perf_counter()
     base_normals = vertex_normals(sub.vertices, sub.faces)
@@ -91,34 +116,47 @@ def write_topology_outputs(out: OutputStage, st: FitState, cfg: ExportConfig, st
     converged = disp.residual_mm < CONVERGED_MM
     weight = fade_weights(sub.vertices, visible & converged, cfg.fade_mm)
     seconds["displace"] = time.perf_counter() - t
+    return DetailedTopology(sub, atlas, sub_atlas, method, base_normals, visible, converged, disp.residual_mm,
+                            (disp.d_mm - offset) * weight, weight, seconds)
 
+
+def write_topology_outputs(out: OutputStage, st: FitState, cfg: ExportConfig, topo: DetailedTopology,
+                           stem: str = "mesh") -> tuple[dict[str, Any], np.ndarray]:
+    """Write ``{stem}.obj/.mtl/.glb``, ``coarse.obj/.mtl``, the maps and the correspondence of ``topo``
+    (made ``with_atlas``); return their figures for summary.json (counts, displacement range, on-surface
+    residuals, seconds by step) and the vertices [n, 3] written, displaced as the map decodes."""
+    if topo.sub_atlas is None:
+        raise ValueError("write_topology_outputs needs a DetailedTopology made with its atlas")
+    seconds = dict(topo.seconds)
+    c, size, sub, sub_atlas = st.prep.coarse, cfg.texture_size, topo.sub, topo.sub_atlas
     t = time.perf_counter()
     raster = bake.rasterize(sub_atlas.uv, sub_atlas.faces_uv, size)
     fill = bake.fill_from(raster)
-    dmap = bake.displacement_map(raster, sub_atlas, (disp.d_mm - offset) * weight, fill)
-    detailed = sub.vertices + dmap.d_mm[:, None] * base_normals
+    dmap = bake.displacement_map(raster, sub_atlas, topo.d_mm, fill)
+    detailed = sub.vertices + dmap.d_mm[:, None] * topo.base_normals
     normals = vertex_normals(detailed, sub.faces)
-    maps = {"displacement": dmap.codes, **_colour_and_normal_maps(raster, fill, sub, sub_atlas, base_normals,
-                                                                   detailed, normals, visible, st)}
+    maps = {"displacement": dmap.codes, **_colour_and_normal_maps(raster, fill, sub, sub_atlas, topo.base_normals,
+                                                                   detailed, normals, topo.visible, st)}
     seconds["bake"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _write_files(out, stem, st, sub, sub_atlas, atlas, detailed, normals, maps, (dmap.lo, dmap.hi), dmap.d_mm,
-                 weight, levels)
+    _write_files(out, stem, st, sub, sub_atlas, topo.atlas, detailed, normals, maps, (dmap.lo, dmap.hi), dmap.d_mm,
+                 topo.weight, sub.levels)
     seconds["write"] = time.perf_counter() - t
     d = dmap.d_mm
-    residual = disp.residual_mm[weight > 1.0 - 1e-9]
+    residual = topo.residual_mm[topo.weight > 1.0 - 1e-9]
     return {"vertices": len(detailed), "faces": len(sub.faces), "coarse_vertices": len(c.vertices),
-            "subdivision_levels": levels, "uv_atlas": method, "uv_vertices": len(sub_atlas.uv),
-            "uv_folded_faces": int(folded(sub_atlas.uv, sub_atlas.faces_uv).sum()) if method == "disk" else None,
-            "texture_size": size, "visible_fraction": float(visible.mean()),
-            "unconverged_vertices": int((visible & ~converged).sum()),
+            "subdivision_levels": sub.levels, "uv_atlas": topo.atlas_method, "uv_vertices": len(sub_atlas.uv),
+            "uv_folded_faces": (int(folded(sub_atlas.uv, sub_atlas.faces_uv).sum())
+                                if topo.atlas_method == "disk" else None),
+            "texture_size": size, "visible_fraction": float(topo.visible.mean()),
+            "unconverged_vertices": int((topo.visible & ~topo.converged).sum()),
             "displacement_mm": {"min": float(d.min()), "max": float(d.max()), "mean_abs": float(np.abs(d).mean())},
             "on_surface_residual_mm": {"max": float(residual.max()) if len(residual) else 0.0,
                                        "p99": float(np.percentile(residual, 99)) if len(residual) else 0.0},
             "map_change_mm": {"max": float(dmap.change_mm.max()), "p99": float(np.percentile(dmap.change_mm, 99)),
                               "over_0.001": int((dmap.change_mm > 1e-3).sum())},
-            "seconds": seconds}
+            "seconds": seconds}, detailed
 
 
 def _colour_and_normal_maps(raster: bake.Raster, fill: bake.Fill, sub, atlas: UVAtlas, base_normals: np.ndarray,
@@ -138,7 +176,7 @@ def _write_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAt
     c = st.prep.coarse
     names = {k: f"{stem}_{k}.png" for k in maps}
     for k, image in maps.items():
-        png = formats.png16_bytes(image) if image.dtype == np.uint16 else formats.png_bytes(image)
+        png = formats.png16_bytes(image) if image.dtype == np.uint16 else png_bytes(image)
         formats.write_bytes(out.path(names[k]), png)
     lo, hi = disp_range
     save_json(out.path(f"{stem}_displacement.json"), {
@@ -164,7 +202,7 @@ def _write_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAt
     formats.write_bytes(out.path("coarse.mtl"), formats.mtl_text("face", names["color"], names["normal"],
                                                                  names["displacement"]))
     formats.write_bytes(out.path("viewer.html"), viewer_html(
-        detailed, sub.vertices, sub.faces, formats.png_bytes(st.prep.image), f"fastsider: {stem}"))
+        detailed, sub.vertices, sub.faces, png_bytes(st.prep.image), f"fastsider: {stem}"))
     np.savez_compressed(out.path(f"{stem}_topology.npz"), n_coarse=np.int64(len(c.vertices)),
                         parents=sub.parents.astype(np.int32), levels=np.int64(levels),
                         displacement_mm=d.astype(np.float32), weight=weight.astype(np.float32),
