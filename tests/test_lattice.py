@@ -6,11 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import trimesh
+from scipy.spatial import cKDTree
 
+from fastsider.camera import Normalization
 from fastsider.config import CoarseStageConfig, GeometryMLPConfig
 from fastsider.nn.fields import Appearance, Geometry, GeometryMLP, SiderModel
 from fastsider.nn.shading import SphericalHarmonicsShading
-from fastsider.sdf.lattice import EXACT_CELLS, SdfLattice, build_sdf_lattice, lattice_points
+from fastsider.sdf.lattice import EXACT_CELLS, SdfLattice, build_sdf_lattice, lattice_levels, lattice_points
+from fastsider.sdf.shell import ShellSDF
 from fastsider.sdf.trace import ray_aabb_intersect, sphere_trace
 from fastsider.stages.coarse_sdf import PointPool, fit_coarse_sdf, residual_targets
 
@@ -38,6 +43,73 @@ def test_lattice_points_span_the_box():
     pts = lattice_points(5)
     assert pts.shape == (125, 3) and pts.min() == -1.0 and pts.max() == 1.0
     np.testing.assert_allclose(lattice_points(5, np.array([0, 124, 7])), pts[[0, 124, 7]])
+
+
+def icosphere_sdf(x: np.ndarray) -> np.ndarray:
+    return _ICOSPHERE.sdf(x)
+
+
+def sheet_sdf(x: np.ndarray) -> np.ndarray:
+    return _SHEET.sdf(x)
+
+
+def _wavy_sheet(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """An open height field z = 0.15 sin(4x) cos(3y) over [-0.7, 0.7]^2 (its signed distance jumps past the border)."""
+    u = np.linspace(-0.7, 0.7, n)
+    x, y = np.meshgrid(u, u, indexing="ij")
+    v = np.stack([x, y, 0.15 * np.sin(4 * x) * np.cos(3 * y)], -1).reshape(-1, 3)
+    i = np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]
+    a, b, c, d = i.ravel(), i.ravel() + n, i.ravel() + n + 1, i.ravel() + 1
+    return v, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+
+
+_UNIT = Normalization(centre=np.zeros(3), half_size=1.0)
+_ico = trimesh.creation.icosphere(subdivisions=3, radius=0.55)
+_ICOSPHERE = ShellSDF(_ico.vertices + 0.05, _ico.faces, 0.0, _UNIT, "signed")  # closed: a true SDF
+_SHEET = ShellSDF(*_wavy_sheet(), 0.0, _UNIT, "signed")
+
+
+@pytest.mark.parametrize("fn, resolution", [(sphere, 96), (icosphere_sdf, 57), (sheet_sdf, 40), (sheet_sdf, 50)])
+def test_lattice_is_exact_wherever_the_true_sdf_is_small(fn, resolution):
+    """Every sample whose true |sdf| < EXACT_CELLS cells holds the exact value, whatever the level sizes."""
+    values = build_sdf_lattice(fn, resolution).values.numpy().reshape(-1)
+    truth = fn(lattice_points(resolution)).astype(np.float32)
+    band = np.abs(truth) < EXACT_CELLS * 2.0 / (resolution - 1)
+    assert band.sum() > 100
+    np.testing.assert_array_equal(values[band], truth[band])
+
+
+@pytest.mark.parametrize("resolution", [40, 57, 96])
+def test_lattice_is_exact_at_the_apexes_of_cones(resolution):
+    """The worst case of the 1-Lipschitz argument: |f| = T' + distance to random lattice samples, T' just
+    under EXACT_CELLS cells. The apexes need the full reach (0.45 instead of 0.5 diagonals misses ~15%)
+    and the thresholds growing level by level (a constant threshold misses some)."""
+    apexes = np.random.default_rng(0).choice(resolution**3, 300, replace=False)
+    tree, offset = cKDTree(lattice_points(resolution, apexes)), 0.999 * EXACT_CELLS * 2.0 / (resolution - 1)
+    values = build_sdf_lattice(lambda x: offset + tree.query(x)[0], resolution).values.numpy().reshape(-1)
+    np.testing.assert_array_equal(values[apexes], np.float32(offset))
+
+
+@pytest.mark.parametrize("fn, resolution", [(sphere, 96), (icosphere_sdf, 57)])
+def test_far_samples_are_within_the_bound_and_keep_the_sign(fn, resolution):
+    """A true SDF: each upsampling adds at most half a coarser-cell diagonal; no spurious zero crossings."""
+    values = build_sdf_lattice(fn, resolution).values.numpy().reshape(-1)
+    truth = fn(lattice_points(resolution))
+    bound = sum(np.sqrt(3.0) / (r - 1) for r in lattice_levels(resolution)[1:])
+    assert np.abs(values - truth).max() <= bound + 1e-5
+    far = np.abs(truth) >= EXACT_CELLS * 2.0 / (resolution - 1)
+    assert (np.sign(values[far]) == np.sign(truth[far])).all()
+
+
+def test_multilevel_band_needs_far_fewer_sdf_queries():
+    """Against the former scheme (64^3 exact everywhere, then one band at the finest level)."""
+    resolution, n = 256, []
+    build_sdf_lattice(lambda x: (n.append(len(x)), sphere(x))[1], resolution)
+    coarse = torch.tensor(sphere(lattice_points(64)), dtype=torch.float32).reshape(1, 1, 64, 64, 64)
+    up = F.interpolate(coarse, size=(resolution,) * 3, mode="trilinear", align_corners=True)
+    reach = EXACT_CELLS * 2.0 / (resolution - 1) + 2.0 / 63 * np.sqrt(3.0)
+    old = 64**3 + int((up.abs() < reach).sum())
+    assert sum(n) < 0.6 * old
 
 
 def test_lattice_values_and_normals_near_the_surface(lattice):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-COARSE_LATTICE = 64   # samples per axis of the stand-in lattice far from the surface
+COARSE_LATTICE = 17   # at most this many samples per axis on the coarsest level, exact everywhere
 EXACT_CELLS = 3.0     # lattice samples within this many cells of the surface get the exact SDF
 CHUNK = 1 << 18       # points per target-SDF call
 
@@ -72,22 +72,49 @@ def lattice_points(resolution: int, flat_index: np.ndarray | None = None) -> np.
     return ijk * (2.0 / (resolution - 1)) - 1.0
 
 
+def lattice_levels(resolution: int) -> list[int]:
+    """Samples per axis of the levels of ``build_sdf_lattice``, finest first: cells halved (rounded up)."""
+    sizes = [resolution]
+    while sizes[-1] > COARSE_LATTICE:
+        sizes.append(sizes[-1] // 2 + 1)
+    return sizes
+
+
 def build_sdf_lattice(target_sdf: Callable[[np.ndarray], np.ndarray], resolution: int,
                       device: torch.device | str = "cpu") -> SdfLattice:
     """Sample ``target_sdf`` (points [n, 3] -> [n], normalized units) on a resolution^3 lattice.
 
-    Exact within ``EXACT_CELLS`` lattice cells of the surface, where the interpolated values make
-    the hit points and the normals; elsewhere a COARSE_LATTICE^3 lattice, upsampled, stands in (the
-    sphere tracer's long steps, off by up to ~0.1 mm on a face, more past the mesh border).
+    Exact wherever the true |sdf| < ``EXACT_CELLS`` lattice cells, where the interpolated values make
+    the hit points and the normals; elsewhere upsampled stand-ins (the sphere tracer's long steps).
+
+    A multi-level narrow band: levels r_0 = resolution > r_1 > ... > r_L (cells about halved each
+    time, r_L <= COARSE_LATTICE); level L is exact everywhere, level j is level j+1 upsampled
+    (trilinear, align_corners) with exact values wherever the upsampled |value| < reach_j.
+
+    Why (T_j: level j is exact wherever the true |f| < T_j, T_0 = EXACT_CELLS cells of level 0;
+    d_j: a cell diagonal of level j): |f| is 1-Lipschitz (a signed distance's sign may jump, |f| not),
+    so for p in a level-(j+1) cell with corners c_i and trilinear weights w_i,
+    |f(c_i)| <= |f(p)| + |c_i - p| < T_j + d_{j+1} =: T_{j+1} when |f(p)| < T_j, i.e. the corners are exact,
+    and then |interp(p)| <= sum_i w_i |f(c_i)| <= |f(p)| + sum_i w_i |c_i - p| <= |f(p)| + d_{j+1} / 2
+    (Jensen: sum_i w_i |c_i - p| <= h sqrt(sum_axes u (1 - u)) <= h sqrt(3) / 2). So
+    reach_j = T_j + d_{j+1} / 2 takes every p with |f(p)| < T_j, recursively down to level L.
+    Far away (f a true SDF) each level adds at most d_{j+1} / 2 to the error, sum_{j >= 1} d_j / 2 in
+    all (0.2 at 256 over 17^3; the face: 99% of samples within 0.04), and keeps the sign (no false surface).
     """
-    coarse = torch.tensor(_chunked(target_sdf, lattice_points(COARSE_LATTICE)), dtype=torch.float32)
-    coarse = coarse.reshape(1, 1, COARSE_LATTICE, COARSE_LATTICE, COARSE_LATTICE)
-    flat = F.interpolate(coarse, size=(resolution,) * 3, mode="trilinear", align_corners=True).reshape(-1).numpy().copy()
-    # the stand-in can be off by ~ a coarse cell: take every sample it puts that close
-    reach = EXACT_CELLS * 2.0 / (resolution - 1) + 2.0 / (COARSE_LATTICE - 1) * np.sqrt(3.0)
-    near = np.flatnonzero(np.abs(flat) < reach)
-    flat[near] = _chunked(target_sdf, lattice_points(resolution, near))
-    return SdfLattice(torch.from_numpy(flat.reshape((resolution,) * 3))).to(device)
+    sizes = lattice_levels(resolution)
+    diag = [2.0 * np.sqrt(3.0) / (r - 1) for r in sizes]
+    thresholds = [EXACT_CELLS * 2.0 / (resolution - 1)]
+    for d in diag[1:]:
+        thresholds.append(thresholds[-1] + d)
+    values = torch.tensor(_chunked(target_sdf, lattice_points(sizes[-1])), dtype=torch.float32)
+    for j in range(len(sizes) - 2, -1, -1):
+        r = sizes[j]
+        values = F.interpolate(values.reshape((1, 1) + (sizes[j + 1],) * 3), size=(r,) * 3, mode="trilinear",
+                               align_corners=True).reshape(-1)
+        reach = thresholds[j] + diag[j + 1] / 2 + 1e-5  # + float32 rounding of the interpolation
+        near = torch.nonzero(values.abs() < reach).reshape(-1).numpy()
+        values[near] = torch.from_numpy(_chunked(target_sdf, lattice_points(r, near))).float()
+    return SdfLattice(values.reshape((resolution,) * 3)).to(device)
 
 
 def _chunked(fn: Callable[[np.ndarray], np.ndarray], points: np.ndarray) -> np.ndarray:
