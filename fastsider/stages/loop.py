@@ -132,11 +132,13 @@ def deterministic_algorithms(device: torch.device) -> Iterator[None]:
         yield
         return
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # The public torch.use_deterministic_algorithms also sets TorchInductor's flag, and importing
+    # Inductor for it costs 1.3 s a process; nothing here is compiled, so set only the kernels' flag.
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch._C._set_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 # --------------------------------------------------------------------------------------------
