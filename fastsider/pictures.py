@@ -6,7 +6,7 @@ Normal maps use the usual picture convention (OpenGL axes: x right, y up, z towa
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import trimesh
@@ -33,15 +33,24 @@ def ray_directions(cam: Camera) -> np.ndarray:
 
 def raycast_mesh(vertices: np.ndarray, faces: np.ndarray, cam: Camera) -> SurfaceImage:
     """First hit of every pixel's ray with a camera-frame mesh ([n_verts, 3], [n_faces, 3])."""
+    return raycast_views(vertices, faces, [cam])[0]
+
+
+def raycast_views(vertices: np.ndarray, faces: np.ndarray, cams: Sequence[Camera]) -> list[SurfaceImage]:
+    """:func:`raycast_mesh` through each of ``cams`` (frames sharing the mesh's origin), building the
+    mesh's ray accelerator once (0.1-0.2 s for a detailed face mesh)."""
     mesh = trimesh.Trimesh(vertices, faces, process=False)
-    dirs = ray_directions(cam)
-    locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
-    depth = np.zeros(cam.height * cam.width)
-    normals = np.zeros((cam.height * cam.width, 3))
-    depth[ray_idx] = locs[:, 2]
-    normals[ray_idx] = mesh.face_normals[tri_idx]
-    h, w = cam.height, cam.width
-    return SurfaceImage(depth.reshape(h, w), normals.reshape(h, w, 3), (depth > 0).reshape(h, w))
+    views = []
+    for cam in cams:
+        dirs = ray_directions(cam)
+        locs, ray_idx, tri_idx = mesh.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
+        depth = np.zeros(cam.height * cam.width)
+        normals = np.zeros((cam.height * cam.width, 3))
+        depth[ray_idx] = locs[:, 2]
+        normals[ray_idx] = mesh.face_normals[tri_idx]
+        h, w = cam.height, cam.width
+        views.append(SurfaceImage(depth.reshape(h, w), normals.reshape(h, w, 3), (depth > 0).reshape(h, w)))
+    return views
 
 
 def normal_map(normals: np.ndarray, mask: np.ndarray, background: float = 1.0) -> np.ndarray:

@@ -76,15 +76,19 @@ def test_schedule_decays_to_lr_times_decay_over_its_last_steps(decay_steps):
 @pytest.mark.parametrize("before", [(False, False), (True, False), (False, True)])
 def test_cpu_fits_run_deterministic_kernels_and_restore_the_mode(before):
     """A gather's backward adds with atomics across threads on CPU unless deterministic mode is on:
-    a loaded machine then gave the same seed different meshes. The mode must not leak out."""
+    a loaded machine then gave the same seed different meshes. The mode must not leak out. Inside,
+    new tensors are not NaN-filled (15% of a stage-2 step)."""
     torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         with pytest.raises(RuntimeError, match="inside"):
             with deterministic_algorithms(torch.device("cpu")):
                 assert torch.are_deterministic_algorithms_enabled()
+                assert not torch.utils.deterministic.fill_uninitialized_memory
                 raise RuntimeError("inside")
         assert (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled()) == before
+        assert torch.utils.deterministic.fill_uninitialized_memory == fill
         with deterministic_algorithms(torch.device("meta")):  # not CPU: left as it was
             assert torch.are_deterministic_algorithms_enabled() == before[0]
     finally:

@@ -8,7 +8,7 @@ from skimage.transform import resize
 from fastsider.camera import Camera
 from fastsider.face.landmarks import NOW_LANDMARK_IDS
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
-from fastsider.pictures import normal_map, overlay, raycast_mesh
+from fastsider.pictures import normal_map, overlay, raycast_views
 from fastsider.stages.prepare import Prepared
 
 OVERLAY_MAX_SIDE = 1024  # overlays of large photos are drawn on a downscaled copy
@@ -38,10 +38,10 @@ def write_coarse_outputs(out: OutputStage, prep: Prepared, mesh_name: str = "coa
     if len(c.landmark_ids):
         write_now_landmarks(out, "coarse_landmarks7.txt", c.landmarks_3d, c.landmark_ids)
     save_image(out.path("input_crop.png"), prep.image)
-    surf = raycast_mesh(c.vertices, c.faces, c.camera)
-    save_image(out.path("coarse_normals.png"), normal_map(surf.normals, surf.mask))
     photo, cam = photo_view(prep)
-    save_image(out.path(overlay_name), overlay(photo, raycast_mesh(c.vertices, c.faces, cam)))
+    surf, photo_surf = raycast_views(c.vertices, c.faces, [c.camera, cam])
+    save_image(out.path("coarse_normals.png"), normal_map(surf.normals, surf.mask))
+    save_image(out.path(overlay_name), overlay(photo, photo_surf))
 
 
 def write_now_landmarks(out: OutputStage, name: str, points: np.ndarray, ids: np.ndarray) -> None:

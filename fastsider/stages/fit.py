@@ -23,13 +23,13 @@ from fastsider.face.regions import feature_mask
 from fastsider.io import OutputStage, save_image, save_json, save_mesh
 from fastsider.model import build_model
 from fastsider.nn.fields import SiderModel
-from fastsider.pictures import depth_picture, normal_map, overlay, raycast_mesh
+from fastsider.pictures import SurfaceImage, depth_picture, normal_map, overlay, raycast_mesh, raycast_views
 from fastsider.render import RayBundle, face_rays, render_views
 from fastsider.sdf.mesh import Coarse, drop_small_pieces, extract_face_mesh
 from fastsider.sdf.occupancy import OccupancyGrid, make_occupancy_grid
 from fastsider.sdf.shell import ShellSDF, to_mid_surface
 from fastsider.stages.checkpoint import CHECKPOINT_NAME, CheckpointStore, config_hash, inputs_hash
-from fastsider.stages.coarse_sdf import fit_coarse_sdf, residual_targets, sample_point_pool
+from fastsider.stages.coarse_sdf import fit_coarse_sdf, sample_point_pool
 from fastsider.stages.detail import fit_details
 from fastsider.stages.export import photo_view, write_coarse_outputs, write_now_landmarks
 from fastsider.stages.loop import DivergenceError, deterministic_algorithms, graceful_interrupts, raise_if_interrupted
@@ -149,8 +149,7 @@ def run_fit(image: str | Path | None, cfg: FitConfig, inputs: CoarseInputs, out_
         if saved is not None:
             store.check_model(saved, st.model)
         pool = sample_point_pool(st.shell, cfg.sdf_pool.size, tuple(s / st.norm.half_size for s in cfg.sdf_pool.near_std_mm),
-                                 cfg.sdf_pool.uniform_fraction, rng, device)
-        pool = residual_targets(pool, st.model.geometry.base)
+                                 cfg.sdf_pool.uniform_fraction, rng, device, st.model.geometry.base)
         laps.lap("setup")
         raise_if_interrupted()
         s1, s2, rays, diverged = _run_stages(st, cfg, pool, store, saved, out, progress, laps)
@@ -242,11 +241,11 @@ VIEW_SEARCH_MM = 1.5   # pictures trace the model this far either side of the me
 VIEW_TRACE_STEPS = 32  # ... in this many steps (the example: 0.4% of the face pixels lost at 24, 4.5% at 12)
 
 
-def mesh_view_rays(st: FitState, verts: np.ndarray, faces: np.ndarray) -> RayBundle:
-    """The working crop's rays that hit the mesh (mm, camera frame), each searching the model's surface
-    within VIEW_SEARCH_MM of that hit instead of across the occupancy grid's band."""
+def mesh_view_rays(st: FitState, surf: SurfaceImage) -> RayBundle:
+    """The working crop's rays that hit the mesh (``surf``: its picture in the working crop, mm, camera
+    frame), each searching the model's surface within VIEW_SEARCH_MM of that hit instead of across the
+    occupancy grid's band."""
     cam = st.prep.coarse.camera
-    surf = raycast_mesh(verts, faces, cam)
     v, u = np.nonzero(surf.mask)
     pixels = torch.tensor(np.stack([u, v], 1), dtype=torch.float32, device=st.device)
     origins_mm, dirs = pixel_rays(cam, pixels)
@@ -307,13 +306,14 @@ def write_fit_outputs(out: OutputStage, st: FitState, cfg: FitConfig, mesh_name:
     seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
     if len(prep.coarse.landmark_ids):
         write_now_landmarks(out, "landmarks7.txt", prep.coarse.landmarks_3d, prep.coarse.landmark_ids)
-    views = view_images(st, replace(cfg.trace, max_steps=VIEW_TRACE_STEPS), mesh_view_rays(st, verts, faces))
+    photo, cam = photo_view(prep)
+    crop_surf, photo_surf = raycast_views(verts, faces, [prep.coarse.camera, cam])
+    views = view_images(st, replace(cfg.trace, max_steps=VIEW_TRACE_STEPS), mesh_view_rays(st, crop_surf))
     save_image(out.path("normals.png"), normal_map(views["normals"], views["mask"]))
     np.save(out.path("depth.npy"), views["depth"].astype(np.float32))
     save_image(out.path("depth.png"), depth_picture(views["depth"], views["mask"]))
     save_image(out.path("render.png"), views["render"])
-    photo, cam = photo_view(prep)
-    save_image(out.path("overlay.png"), overlay(photo, raycast_mesh(verts, faces, cam)))
+    save_image(out.path("overlay.png"), overlay(photo, photo_surf))
     seconds["pictures"] = time.perf_counter() - t
     return {"mesh_method": cfg.mesh.method, "mesh_vertices": int(len(verts)), "mesh_faces": int(len(faces)),
             **pieces, "coarse_vertices": int(len(prep.coarse.vertices)), "topology": topology, "seconds": seconds}

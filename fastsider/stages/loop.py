@@ -131,14 +131,19 @@ def deterministic_algorithms(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
     # The public torch.use_deterministic_algorithms also sets TorchInductor's flag, and importing
     # Inductor for it costs 1.3 s a process; nothing here is compiled, so set only the kernels' flag.
     torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # The mode also fills every new tensor with NaN (a debugging aid against reads of uninitialized
+    # memory, which this code does not do): 28k fills, 15% of a stage-2 step on the example.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch._C._set_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
 # --------------------------------------------------------------------------------------------
