@@ -255,7 +255,7 @@ class HeightMapDetailConfig:
     # photo's blur with flattened geometry. One sigma for all channels (1.5 mm) cost the simple bench
     # its gain; these help both benches (docs/tuning-log.md)
     scatter_mm: Annotated[tuple[NonNegative, ...], MinLen(1)] = (1.0, 0.35, 0.2)
-    debias_steps: Count = 130          # the last this many steps lift the sparsity and TV priors on the details
+    debias_steps: Count = 100          # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
                                        # stage2.iterations: a max_seconds stop before then skips it
@@ -271,7 +271,7 @@ class HeightMapDetailConfig:
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: Count = 400            # every face ray each step: 400 find what 600 did, 300 a little less
+    iterations: Count = 300            # every face ray each step: 300 find what 400 and 600 did (tuning-log 18)
     appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
     color_weight: NonNegative = 1.0
     sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).

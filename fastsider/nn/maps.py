@@ -193,7 +193,8 @@ class HeightMap(ImageMap):
 
     def read(self, reads: BilinearReads) -> tuple[Tensor, Tensor]:
         """h [n] and grad_x h [n, 3] at the points of ``reads``; differentiable w.r.t. the values."""
-        v = self.values.view(-1)[reads.index].to(reads.weight.dtype)  # [n, 4]
+        # index_select: its backward is an index_add, where advanced indexing's sorts for a deterministic sum
+        v = self.values.view(-1).index_select(0, reads.index.view(-1)).view(reads.index.shape).to(reads.weight.dtype)
         return (v * reads.weight).sum(-1), torch.einsum("nk,nkd->nd", v, reads.gradient)
 
 
