@@ -23,7 +23,7 @@ from torch import Tensor
 
 COARSE_LATTICE = 17   # at most this many samples per axis on the coarsest level, exact everywhere
 EXACT_CELLS = 3.0     # lattice samples within this many cells of the surface get the exact SDF
-CHUNK = 1 << 18       # points per target-SDF call
+CHUNK = 1 << 20       # points per target-SDF call: each builds its own tree (~0.08 s with igl), ~100 MB
 
 
 class SdfLattice(torch.nn.Module):
