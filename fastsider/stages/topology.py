@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -175,9 +176,28 @@ def _write_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAt
                  d: np.ndarray, weight: np.ndarray, levels: int) -> None:
     c = st.prep.coarse
     names = {k: f"{stem}_{k}.png" for k in maps}
-    for k, image in maps.items():
-        png = formats.png16_bytes(image) if image.dtype == np.uint16 else png_bytes(image)
-        formats.write_bytes(out.path(names[k]), png)
+    # zlib (the PNGs, the npz) releases the GIL: it runs on the other core beside the OBJ text, which holds it
+    with ThreadPoolExecutor(2) as pool:
+        pngs = {k: pool.submit(formats.png16_bytes if image.dtype == np.uint16 else png_bytes, image)
+                for k, image in maps.items()}
+        crop_png = pool.submit(png_bytes, st.prep.image)
+        npz = pool.submit(np.savez_compressed, out.path(f"{stem}_topology.npz"), n_coarse=np.int64(len(c.vertices)),
+                          parents=sub.parents.astype(np.int32), levels=np.int64(levels),
+                          displacement_mm=d.astype(np.float32), weight=weight.astype(np.float32),
+                          uv_vertex_to_vertex=sub_atlas.vertex_of_uv.astype(np.int32),
+                          flame_vertex_ids=(np.arange(len(c.vertices), dtype=np.int32) if c.source == "flame"
+                                            else np.zeros(0, dtype=np.int32)))
+        _write_mesh_files(out, stem, st, sub, sub_atlas, atlas, detailed, normals, maps, names, disp_range, levels,
+                          crop_png)
+        for k, png in pngs.items():
+            formats.write_bytes(out.path(names[k]), png.result())
+        npz.result()
+
+
+def _write_mesh_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAtlas, atlas: UVAtlas,
+                      detailed: np.ndarray, normals: np.ndarray, maps: dict[str, np.ndarray], names: dict[str, str],
+                      disp_range: tuple[float, float], levels: int, crop_png) -> None:
+    c = st.prep.coarse
     lo, hi = disp_range
     save_json(out.path(f"{stem}_displacement.json"), {
         "units": "mm", "min_mm": lo, "max_mm": hi,
@@ -202,13 +222,7 @@ def _write_files(out: OutputStage, stem: str, st: FitState, sub, sub_atlas: UVAt
     formats.write_bytes(out.path("coarse.mtl"), formats.mtl_text("face", names["color"], names["normal"],
                                                                  names["displacement"]))
     formats.write_bytes(out.path("viewer.html"), viewer_html(
-        detailed, sub.vertices, sub.faces, png_bytes(st.prep.image), f"fastsider: {stem}"))
-    np.savez_compressed(out.path(f"{stem}_topology.npz"), n_coarse=np.int64(len(c.vertices)),
-                        parents=sub.parents.astype(np.int32), levels=np.int64(levels),
-                        displacement_mm=d.astype(np.float32), weight=weight.astype(np.float32),
-                        uv_vertex_to_vertex=sub_atlas.vertex_of_uv.astype(np.int32),
-                        flame_vertex_ids=(np.arange(len(c.vertices), dtype=np.int32) if c.source == "flame"
-                                          else np.zeros(0, dtype=np.int32)))
+        detailed, sub.vertices, sub.faces, crop_png.result(), f"fastsider: {stem}"))
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
