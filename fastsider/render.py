@@ -11,6 +11,7 @@ Two ways, one per detail carrier:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -112,6 +113,14 @@ class FrozenSurface(NamedTuple):
     hit_fraction: float
     reads: BilinearReads         # the height map's weights at the hits ...
     pool_reads: BilinearReads    # ... and at the pool's points
+    light_visibility: torch.Tensor | None = None  # [n] share of the light reaching each hit (cast shadows)
+
+
+def frozen_subset(s: FrozenSurface, keep: torch.Tensor) -> FrozenSurface:
+    """The frozen surface's rays ``keep`` [n] bool (the pool's points stay)."""
+    vis = None if s.light_visibility is None else s.light_visibility[keep]
+    return s._replace(rays=s.rays.subset(keep), points=s.points[keep], sdf=s.sdf[keep], gradient=s.gradient[keep],
+                      feature=s.feature[keep], reads=s.reads.subset(keep), light_visibility=vis)
 
 
 def height_with_gradient(height: HeightMap, x: torch.Tensor, create_graph: bool = True):
@@ -160,7 +169,40 @@ def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = 
     t = (h - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
     x = s.points + t[:, None] * d
     normals = torch.nn.functional.normalize(s.gradient - h_grad, dim=-1)
-    return x, normals, model.appearance(x, normals, d, s.feature)
+    return x, normals, model.appearance(x, normals, d, s.feature, s.light_visibility)
+
+
+SHADOW_OFFSET_MM = 1.0  # shadow rays start this far out along the normal: off the hit's own sheet
+
+
+@torch.no_grad()
+def light_visibility(model: SiderModel, s: FrozenSurface, light: torch.Tensor, trace: TraceConfig, unit_mm: float,
+                     n_dirs: int, cone_deg: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The share [n] of ``n_dirs`` directions within ``cone_deg`` of the unit ``light`` [3] along
+    which F lets each frozen hit see out of the box: 0 in a cast shadow, 1 in full light, between
+    in a penumbra. The directions are a fixed spiral over the cone (the same for every hit)."""
+    n = torch.nn.functional.normalize(s.gradient, dim=-1)
+    origins = s.points + (SHADOW_OFFSET_MM / unit_mm) * n
+    # a Fibonacci spiral over the spherical cap of half-angle cone_deg around the light
+    k = torch.arange(n_dirs, dtype=light.dtype, device=light.device) + 0.5
+    cos_cap = math.cos(math.radians(cone_deg))
+    z = 1.0 - (1.0 - cos_cap) * k / n_dirs if n_dirs > 1 else torch.ones(1, dtype=light.dtype)
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    r = (1.0 - z * z).clamp_min(0.0).sqrt()
+    local = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)  # around +z
+    helper = torch.tensor([1.0, 0.0, 0.0]) if abs(float(light[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
+    e1 = torch.nn.functional.normalize(torch.linalg.cross(light, helper.to(light)), dim=0)
+    e2 = torch.linalg.cross(light, e1)
+    dirs = local @ torch.stack([e1, e2, light])
+    seen = torch.zeros(origins.shape[0], dtype=origins.dtype, device=origins.device)
+    for d in dirs:
+        dd = d.expand_as(origins).contiguous()
+        box = ray_aabb_intersect(origins, dd, -1.0, 1.0)
+        traced = sphere_trace(model.sdf, origins, dd, torch.zeros_like(box.t_far), box.t_far,
+                              max_steps=trace.max_steps, hit_eps=trace.hit_eps, secant_steps=0)
+        # a direction below the hit's own tangent plane is the shading's clamp, not a cast shadow
+        seen += (~traced.hit | ((n * dd).sum(-1) <= 0)).to(seen.dtype)
+    return seen / len(dirs)
 
 
 def _radius(sigma: float) -> int:

@@ -4,6 +4,8 @@ f = F - h, points, normals and derivatives."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,29 @@ def test_linearized_hits_match_traced_hits_and_their_derivative():
     fd = (depths[0] - depths[1]) / (2 * eps)
     assert grad[0, 34, 30].item() == pytest.approx(fd, rel=0.02)
     assert fd < 0  # raising h brings the surface towards the camera (smaller z)
+
+
+class _TwoSpheres(torch.nn.Module):
+    """A unit-box SDF: a sphere of radius 0.4 at the origin and a small one (0.1) at (0, 0, -0.7)."""
+
+    def sdf(self, x):
+        big = x.norm(dim=-1) - 0.4
+        small = (x - torch.tensor([0.0, 0.0, -0.7])).norm(dim=-1) - 0.1
+        return torch.minimum(big, small)
+
+
+def test_light_visibility_finds_the_cast_shadow_and_only_it():
+    from fastsider.config import TraceConfig
+    from fastsider.render import light_visibility
+
+    # hits on the big sphere: facing the small one (its shadow, light along -z), beside it, and one
+    # turned away from the light (an attached shadow: the shading's clamp, counted as visible)
+    normals = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, -1.0], [0.6, 0.0, -0.8], [0.0, 0.0, 1.0]]), dim=-1)
+    points = 0.4 * normals
+    surface = SimpleNamespace(points=points, gradient=normals)
+    light = torch.tensor([0.0, 0.0, -1.0])
+    vis = light_visibility(_TwoSpheres(), surface, light, TraceConfig(), unit_mm=100.0, n_dirs=8, cone_deg=2.0)
+    assert vis.tolist() == [0.0, 1.0, 1.0]
+    # a wide cone puts the first hit in a penumbra: some directions pass the small sphere
+    soft = light_visibility(_TwoSpheres(), surface, light, TraceConfig(), unit_mm=100.0, n_dirs=16, cone_deg=30.0)
+    assert 0.0 < float(soft[0]) < 1.0

@@ -141,7 +141,9 @@ class LightConfig:
     """The one directional light of model.shading = "albedo_directional"."""
 
     shininess: Positive = 20.0       # initial Blinn-Phong exponent (learned)
-    specular: bool = True            # learn a white sheen
+    specular: bool = True            # learn a sheen
+    sheen: Literal["white", "rgb"] = "white"  # its colour: white (one strength), or one strength per channel
+                                              # (a dielectric reflects the light's own colour)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,15 @@ class HeightMapDetailConfig:
                                        # stage2.iterations: a max_seconds stop before then skips it
     debias_threshold_mm: Positive = 0.12
     debias_grow_cells: Count = 2
+    # albedo_directional: the frozen surface's own cast shadows (nose, brows, sockets), found once after the
+    # light's warm-up by tracing towards it from every hit: the share of shadow_rays directions over the
+    # light's cone (shadow_cone_deg half-angle, a soft edge) that leave the face. 0: off. A shading model
+    # without shadows carves a shadow into the skin (Cycles tuning seeds: tuning-log 19)
+    shadow_rays: Count = 8
+    shadow_cone_deg: Annotated[float, Interval(ge=0.0, le=45.0)] = 8.0
+    shadow_use: Literal["shade", "skip"] = "skip"  # skip: no photometric rays where under half the light
+                                                   # arrives; shade: ambient only there (a renderer without
+                                                   # shadows then gets them carved in: tuning-log 19)
 
     def __post_init__(self) -> None:
         if len(self.scatter_mm) not in (1, 3):
@@ -405,7 +416,10 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
     elif m.albedo != "map":
         out["model.albedo_map"] = "model.albedo is not 'map'"
     if m.shading != "albedo_directional":
-        out["model.light"] = out["stage2.height_map.light_warmup_steps"] = "model.shading is not 'albedo_directional'"
+        for key in ("model.light", "stage2.height_map.light_warmup_steps", "stage2.height_map.shadow_rays"):
+            out[key] = "model.shading is not 'albedo_directional'"
+    if m.shading != "albedo_directional" or cfg.stage2.height_map.shadow_rays == 0:
+        out["stage2.height_map.shadow_cone_deg"] = out["stage2.height_map.shadow_use"] = "no shadow rays"
     if cfg.stage2.lr_decay == 1.0:
         out["stage2.lr_decay_steps"] = "stage2.lr_decay is 1 (no decay)"
     if cfg.shell.target != "shell":

@@ -153,11 +153,15 @@ class Appearance(torch.nn.Module):
             raise ValueError("a light needs exactly one albedo: an MLP or a map")
         self.mlp, self.light, self.albedo_map = mlp, light, albedo_map
 
-    def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor) -> Tensor:
-        """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]."""
+    def forward(self, x: Tensor, normals: Tensor, view_dirs: Tensor, features: Tensor,
+                visibility: Tensor | None = None) -> Tensor:
+        """x, normals, view_dirs [n_rays, 3], features [n_rays, F] -> rgb [n_rays, 3]; ``visibility``
+        [n_rays]: the share of a directional light reaching each point (cast shadows), None: all."""
         if self.light is None:
             return self.mlp(x, normals, view_dirs, features)
-        return self.light(self.albedo_at(x, features), normals, view_dirs)
+        if visibility is None:
+            return self.light(self.albedo_at(x, features), normals, view_dirs)
+        return self.light(self.albedo_at(x, features), normals, view_dirs, visibility)
 
     def albedo_at(self, x: Tensor, features: Tensor) -> Tensor:
         """The albedo [n, 3] of an albedo x light appearance at x [n, 3]."""

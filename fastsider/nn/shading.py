@@ -58,12 +58,12 @@ class DirectionalShading(torch.nn.Module):
         specular: False: no sheen term (matte skin, or a photo with the highlights masked).
     """
 
-    def __init__(self, shininess: float = 20.0, specular: bool = True) -> None:
+    def __init__(self, shininess: float = 20.0, specular: bool = True, rgb_sheen: bool = False) -> None:
         super().__init__()
         self.light = torch.nn.Parameter(torch.tensor([0.0, 0.0, -1.0]))
         self.ambient = torch.nn.Parameter(torch.full((3,), 0.5))
         self.diffuse = torch.nn.Parameter(torch.full((3,), 0.5))
-        self.specular = torch.nn.Parameter(torch.full((1,), 0.01)) if specular else None
+        self.specular = torch.nn.Parameter(torch.full((3 if rgb_sheen else 1,), 0.01)) if specular else None
         self.log_shininess = torch.nn.Parameter(torch.tensor(math.log(shininess))) if specular else None
 
     def warm_up(self, normals: Tensor, view_dirs: Tensor, colors: Tensor, mean_albedo: Tensor, steps: int,
@@ -89,15 +89,19 @@ class DirectionalShading(torch.nn.Module):
         """Unit vector towards the light [3]."""
         return torch.nn.functional.normalize(self.light, dim=0)
 
-    def forward(self, albedo: Tensor, normals: Tensor, view_dirs: Tensor) -> Tensor:
+    def forward(self, albedo: Tensor, normals: Tensor, view_dirs: Tensor, visibility: Tensor | None = None) -> Tensor:
+        """``visibility`` [n]: the share of the light reaching each point (cast shadows), None: all."""
         light = self.light_direction()
         cos_light = normals @ light
-        rgb = albedo * (self.ambient + self.diffuse * cos_light.clamp_min(0.0)[:, None])
+        direct = cos_light.clamp_min(0.0) if visibility is None else cos_light.clamp_min(0.0) * visibility
+        rgb = albedo * (self.ambient + self.diffuse * direct[:, None])
         if self.specular is not None:
             half = torch.nn.functional.normalize(light - view_dirs, dim=-1)  # view_dirs point away from the eye
             cos_half = (normals * half).sum(-1).clamp(1e-6, 1.0)
             sheen = cos_half ** self.log_shininess.exp() * (cos_light > 0)
-            rgb = rgb + self.specular.abs() * sheen[:, None]
+            if visibility is not None:
+                sheen = sheen * visibility
+            rgb = rgb + self.specular.abs() * sheen[:, None]  # [1] or [3] strengths
         return rgb
 
     @torch.no_grad()
@@ -107,6 +111,7 @@ class DirectionalShading(torch.nn.Module):
                                   "ambient_rgb": [round(float(v), 4) for v in self.ambient],
                                   "diffuse_rgb": [round(float(v), 4) for v in self.diffuse]}
         if self.specular is not None:
-            out["specular"] = round(float(self.specular.abs()), 4)
+            strength = [round(float(v), 4) for v in self.specular.abs()]
+            out["specular"] = strength[0] if len(strength) == 1 else strength
             out["shininess"] = round(float(self.log_shininess.exp()), 2)
         return out

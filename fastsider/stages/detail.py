@@ -19,7 +19,7 @@ from fastsider.nn.fields import SiderModel
 from fastsider.nn.priors import debias_weight
 from fastsider.nn.shading import DirectionalShading
 from fastsider.objective import height_map_terms, traced_terms
-from fastsider.render import FrozenSurface, PixelBlur, RayBundle, freeze_surface
+from fastsider.render import FrozenSurface, PixelBlur, RayBundle, freeze_surface, frozen_subset, light_visibility
 from fastsider.sdf import losses
 from fastsider.stages.coarse_sdf import PointPool
 from fastsider.stages.loop import CheckpointFn, Schedule, StepCallback, optimize
@@ -61,6 +61,11 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     if (frozen is not None and resume is None and isinstance(model.appearance.light, DirectionalShading)
             and hm.light_warmup_steps > 0):
         warm_up_light(model, frozen, hm.light_warmup_steps)
+        if hm.shadow_rays > 0:
+            light = model.appearance.light.light_direction().detach()
+            vis = light_visibility(model, frozen, light, trace, unit_mm, hm.shadow_rays, hm.shadow_cone_deg)
+            frozen = (frozen._replace(light_visibility=vis) if hm.shadow_use == "shade"
+                      else frozen_subset(frozen, vis >= 0.5))
     scatter = (PixelBlur(frozen.rays.pixels, tuple(mm / mm_per_px for mm in hm.scatter_mm))
                if frozen is not None and mm_per_px > 0 else None)
 
