@@ -71,7 +71,7 @@ def build_appearance(cfg: ModelConfig, backend: str, feature_dim: int, camera: C
     if cfg.shading == "mlp":
         return Appearance(RenderingMLP(cfg.rendering_mlp, feature_dim, backend, albedo_only=False))
     light = (SphericalHarmonicsShading() if cfg.shading == "albedo_sh"
-             else DirectionalShading(cfg.light.shininess, cfg.light.specular, cfg.light.sheen == "rgb"))
+             else DirectionalShading(cfg.light.shininess, cfg.light.specular))
     if cfg.albedo == "mlp":
         return Appearance(RenderingMLP(cfg.rendering_mlp, feature_dim, backend, albedo_only=True), light)
     if camera is None or norm is None or face_colors is None:

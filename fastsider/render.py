@@ -177,7 +177,7 @@ SHADOW_OFFSET_MM = 1.0  # shadow rays start this far out along the normal: off t
 
 @torch.no_grad()
 def light_visibility(model: SiderModel, s: FrozenSurface, light: torch.Tensor, trace: TraceConfig, unit_mm: float,
-                     n_dirs: int, cone_deg: float, generator: torch.Generator | None = None) -> torch.Tensor:
+                     n_dirs: int, cone_deg: float) -> torch.Tensor:
     """The share [n] of ``n_dirs`` directions within ``cone_deg`` of the unit ``light`` [3] along
     which F lets each frozen hit see out of the box: 0 in a cast shadow, 1 in full light, between
     in a penumbra. The directions are a fixed spiral over the cone (the same for every hit)."""

@@ -141,9 +141,7 @@ class LightConfig:
     """The one directional light of model.shading = "albedo_directional"."""
 
     shininess: Positive = 20.0       # initial Blinn-Phong exponent (learned)
-    specular: bool = True            # learn a sheen
-    sheen: Literal["white", "rgb"] = "white"  # its colour: white (one strength), or one strength per channel
-                                              # (a dielectric reflects the light's own colour)
+    specular: bool = True            # learn a white sheen
 
 
 @dataclass(frozen=True)

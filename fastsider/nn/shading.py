@@ -58,12 +58,12 @@ class DirectionalShading(torch.nn.Module):
         specular: False: no sheen term (matte skin, or a photo with the highlights masked).
     """
 
-    def __init__(self, shininess: float = 20.0, specular: bool = True, rgb_sheen: bool = False) -> None:
+    def __init__(self, shininess: float = 20.0, specular: bool = True) -> None:
         super().__init__()
         self.light = torch.nn.Parameter(torch.tensor([0.0, 0.0, -1.0]))
         self.ambient = torch.nn.Parameter(torch.full((3,), 0.5))
         self.diffuse = torch.nn.Parameter(torch.full((3,), 0.5))
-        self.specular = torch.nn.Parameter(torch.full((3 if rgb_sheen else 1,), 0.01)) if specular else None
+        self.specular = torch.nn.Parameter(torch.full((1,), 0.01)) if specular else None
         self.log_shininess = torch.nn.Parameter(torch.tensor(math.log(shininess))) if specular else None
 
     def warm_up(self, normals: Tensor, view_dirs: Tensor, colors: Tensor, mean_albedo: Tensor, steps: int,
@@ -101,7 +101,7 @@ class DirectionalShading(torch.nn.Module):
             sheen = cos_half ** self.log_shininess.exp() * (cos_light > 0)
             if visibility is not None:
                 sheen = sheen * visibility
-            rgb = rgb + self.specular.abs() * sheen[:, None]  # [1] or [3] strengths
+            rgb = rgb + self.specular.abs() * sheen[:, None]
         return rgb
 
     @torch.no_grad()
@@ -111,7 +111,6 @@ class DirectionalShading(torch.nn.Module):
                                   "ambient_rgb": [round(float(v), 4) for v in self.ambient],
                                   "diffuse_rgb": [round(float(v), 4) for v in self.diffuse]}
         if self.specular is not None:
-            strength = [round(float(v), 4) for v in self.specular.abs()]
-            out["specular"] = strength[0] if len(strength) == 1 else strength
+            out["specular"] = round(float(self.specular.abs()), 4)
             out["shininess"] = round(float(self.log_shininess.exp()), 2)
         return out

@@ -61,11 +61,11 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     if (frozen is not None and resume is None and isinstance(model.appearance.light, DirectionalShading)
             and hm.light_warmup_steps > 0):
         warm_up_light(model, frozen, hm.light_warmup_steps)
-        if hm.shadow_rays > 0:
-            light = model.appearance.light.light_direction().detach()
-            vis = light_visibility(model, frozen, light, trace, unit_mm, hm.shadow_rays, hm.shadow_cone_deg)
-            frozen = (frozen._replace(light_visibility=vis) if hm.shadow_use == "shade"
-                      else frozen_subset(frozen, vis >= 0.5))
+    # towards the warmed-up light; a resumed run, which skipped the warm-up, towards its checkpoint's
+    if frozen is not None and isinstance(model.appearance.light, DirectionalShading) and hm.shadow_rays > 0:
+        light = model.appearance.light.light_direction().detach()
+        vis = light_visibility(model, frozen, light, trace, unit_mm, hm.shadow_rays, hm.shadow_cone_deg)
+        frozen = frozen._replace(light_visibility=vis) if hm.shadow_use == "shade" else frozen_subset(frozen, vis >= 0.5)
     scatter = (PixelBlur(frozen.rays.pixels, tuple(mm / mm_per_px for mm in hm.scatter_mm))
                if frozen is not None and mm_per_px > 0 else None)
 
