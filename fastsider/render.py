@@ -25,7 +25,7 @@ from fastsider.config import TraceConfig
 from fastsider.nn.fields import SiderModel
 from fastsider.nn.maps import BilinearReads, HeightMap
 from fastsider.sdf.occupancy import OccupancyGrid
-from fastsider.sdf.trace import occluded, ray_aabb_intersect, reattach_hits, sphere_trace
+from fastsider.sdf.trace import ray_aabb_intersect, reattach_hits, sphere_trace
 
 
 class RayBundle(NamedTuple):
@@ -195,13 +195,14 @@ def light_visibility(model: SiderModel, s: FrozenSurface, light: torch.Tensor, t
     e2 = torch.linalg.cross(light, e1)
     dirs = local @ torch.stack([e1, e2, light])
     # a direction below the hit's own tangent plane is the shading's clamp, not a cast shadow: not traced.
-    # The others in one batch: occluded marches only the rays still in flight
+    # The others in one batch (the march evaluates only the rays still in flight)
     above = (n @ dirs.T).T > 0                                     # [n_dirs, n]
     d_i, p_i = torch.nonzero(above, as_tuple=True)
     o, dd = origins[p_i], dirs[d_i]
     blocked = torch.zeros_like(above)
-    blocked[d_i, p_i] = occluded(model.sdf, o, dd, ray_aabb_intersect(o, dd, -1.0, 1.0).t_far,
-                                 max_steps=trace.max_steps, hit_eps=trace.hit_eps)
+    t_far = ray_aabb_intersect(o, dd, -1.0, 1.0).t_far
+    blocked[d_i, p_i] = sphere_trace(model.sdf, o, dd, torch.zeros_like(t_far), t_far, max_steps=trace.max_steps,
+                                     hit_eps=trace.hit_eps, secant_steps=0).hit
     seen = (~blocked).to(origins.dtype).sum(0)
     return seen / len(dirs)
 

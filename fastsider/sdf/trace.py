@@ -120,32 +120,39 @@ class _March(NamedTuple):
 
 
 def _march(sdf_fn, origins, dirs, t_near, t_far, max_steps, hit_eps, step_scale) -> _March:
-    """Fixed-length sphere-tracing loop over all rays; finished rays are frozen by masks."""
+    """Sphere-tracing loop; each step evaluates only the rays still marching (most rays of a face
+    finish in a few steps, so a fixed-length batch spent most of its evaluations on finished rays)."""
     t = t_near.clone()
-    active = t_near < t_far
+    converged = torch.zeros_like(t_near, dtype=torch.bool)
+    crossed = torch.zeros_like(converged)
     # f_prev = 0: a ray whose first sample is negative gets the bracket [t_near, t_near]
-    t_prev, f_prev = t.clone(), torch.zeros_like(t)
-    converged = torch.zeros_like(active)
-    crossed = torch.zeros_like(active)
     t_lo, t_hi = t.clone(), t.clone()
     f_lo, f_hi = torch.ones_like(t), -torch.ones_like(t)
-    best_t, best_f = t.clone(), torch.full_like(t, float("inf"))
+    best_t = t.clone()
+    idx = torch.nonzero(t_near < t_far).squeeze(1)  # the rays still marching
+    ti, t_prev, f_prev = t[idx], t[idx], torch.zeros_like(t[idx])
+    best_f = torch.full_like(ti, float("inf"))
     for _ in range(max_steps):
-        f = _eval_sdf(sdf_fn, origins + t[:, None] * dirs)
-        better = active & (f.abs() < best_f)
+        if len(idx) == 0:
+            break
+        f = _eval_sdf(sdf_fn, origins[idx] + ti[:, None] * dirs[idx])
+        better = f.abs() < best_f
         best_f = torch.where(better, f.abs(), best_f)
-        best_t = torch.where(better, t, best_t)
-        conv = active & (f.abs() < hit_eps)
-        cross = active & ~conv & (f < 0)
-        past_far = active & (t >= t_far)
-        t_lo, f_lo = torch.where(cross, t_prev, t_lo), torch.where(cross, f_prev, f_lo)
-        t_hi, f_hi = torch.where(cross, t, t_hi), torch.where(cross, f, f_hi)
-        converged, crossed = converged | conv, crossed | cross
-        active = active & ~conv & ~cross & ~past_far
-        t_prev, f_prev = torch.where(active, t, t_prev), torch.where(active, f, f_prev)
+        best_t[idx] = torch.where(better, ti, best_t[idx])
+        conv = f.abs() < hit_eps
+        cross = ~conv & (f < 0)
+        past_far = ti >= t_far[idx]
+        c = idx[cross]
+        t_lo[c], f_lo[c], t_hi[c], f_hi[c] = t_prev[cross], f_prev[cross], ti[cross], f[cross]
+        converged[idx[conv]] = True
+        crossed[c] = True
+        t[idx] = ti
+        go = ~conv & ~cross & ~past_far
         # Clamped to t_far: the last sample sits exactly on t_far, so a crossing just before
         # t_far is still bracketed and the network is never queried beyond the segment.
-        t = torch.where(active, torch.minimum(t + step_scale * f, t_far), t)
+        idx, t_prev, f_prev, best_f = idx[go], ti[go], f[go], best_f[go]
+        ti = torch.minimum(t_prev + step_scale * f_prev, t_far[idx])
+    t[idx] = ti
     return _March(t, converged, crossed, t_lo, t_hi, f_lo, f_hi, best_t)
 
 
@@ -240,7 +247,7 @@ def sphere_trace(
         dirs: Unit ray directions. [n_rays, 3]
         t_near: Start of the search segment. [n_rays]
         t_far: End of the search segment. [n_rays]
-        max_steps: Sphere-tracing iterations (fixed; no host sync inside the loop).
+        max_steps: Sphere-tracing iterations at most (a ray still marching after them is a miss).
         hit_eps: |f| below this counts as on the surface (sdf units).
         secant_steps: Refinement steps on bracketed crossings.
         step_scale: Multiplier on each step (< 1 for networks that over-estimate distance).
@@ -273,47 +280,6 @@ def sphere_trace(
     t = torch.where(crossed, t_ref, torch.where(converged, m.t, m.best_t))
     hit = crossed | converged
     return TraceResult(t, hit, origins + t[:, None] * dirs)
-
-
-def occluded(sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, t_far: Tensor, *, max_steps: int,
-             hit_eps: float) -> Tensor:
-    """Whether each ray meets the surface within (0, t_far]: ``sphere_trace(...).hit`` from t = 0
-    without the refinement (the same samples, the same answer), for shadow rays.
-
-    Only the rays still marching are evaluated at each step: a shadow ray towards the light
-    leaves the face, or hits it, within a few steps, so most of ``max_steps`` costs nothing
-    (``sphere_trace`` keeps every ray in the batch to the end; no host sync there).
-
-    Example: unit sphere, o = (0, 0, -3): d = (0, 0, 1), t_far 10 -> True; d = (0, 0, -1) -> False.
-
-    Args:
-        sdf_fn: points [n_pts, 3] -> sdf [n_pts], positive outside.
-        origins: Ray origins. [n_rays, 3]
-        dirs: Unit ray directions. [n_rays, 3]
-        t_far: End of the search segment. [n_rays]
-        max_steps: Sphere-tracing iterations at most; a ray still marching after them is a miss.
-        hit_eps: f below this counts as a hit (sdf units).
-
-    Returns:
-        hit [n_rays] bool.
-
-    Differentiable w.r.t.: nothing.
-    """
-    _check_rays(origins, dirs, ("t_far", t_far))
-    hit = torch.zeros(origins.shape[0], dtype=torch.bool, device=origins.device)
-    idx = torch.nonzero(t_far > 0).squeeze(1)
-    t = torch.zeros(len(idx), dtype=origins.dtype, device=origins.device)
-    with torch.no_grad():
-        for _ in range(max_steps):
-            if len(idx) == 0:
-                break
-            o, d, tf = origins[idx], dirs[idx], t_far[idx]
-            f = _eval_sdf(sdf_fn, o + t[:, None] * d)
-            stop = f < hit_eps  # |f| < eps, or a + -> - crossing: sphere_trace's hit either way
-            hit[idx[stop]] = True
-            go = ~stop & (t < tf)
-            idx, t = idx[go], torch.minimum(t[go] + f[go], tf[go])
-    return hit
 
 
 def reattach_hits(
