@@ -126,6 +126,25 @@ def test_newton_on_a_linear_sdf_takes_one_step():
     np.testing.assert_allclose(disp.d_mm, [1.0])
 
 
+def test_newton_evaluates_only_the_vertices_still_off_the_zero_set():
+    """Two vertices on f = z - 601 (one step each) and one on f = z^3-like curvature that needs more:
+    after the first step only the curved one is evaluated, and all three end on the zero set."""
+    calls = []
+
+    def sdf(x):
+        calls.append(len(x))
+        # columns: x[:, 0] < 0 a plane z = 601, else the cubic (z - 601) + (z - 601)^3, zero at z = 601
+        e = x[:, 2] - 601.0
+        f = np.where(x[:, 0] < 0, e, e + e**3)
+        dz = np.where(x[:, 0] < 0, 1.0, 1.0 + 3.0 * e**2)
+        return f, np.stack([np.zeros_like(dz), np.zeros_like(dz), dz], 1)
+
+    base = np.array([[-1.0, 0.0, 600.0], [-2.0, 0.0, 600.2], [1.0, 0.0, 600.0]])
+    disp = displace_onto_zero_set(sdf, base, np.tile([0.0, 0.0, 1.0], (3, 1)), 0.0, 8, 5.0, 2.0)
+    np.testing.assert_allclose(base[:, 2] + disp.d_mm, 601.0, atol=1e-4)
+    assert calls[:2] == [3, 3] and all(c == 1 for c in calls[2:]) and len(calls) < 9
+
+
 def test_the_camera_sees_the_front_of_a_sphere_and_the_fade_keeps_to_it():
     ball = trimesh.creation.icosphere(subdivisions=3, radius=30.0)
     v = ball.vertices + np.array([0.0, 0.0, 600.0])

@@ -239,8 +239,9 @@ class MLPDetailConfig:
 class HeightMapDetailConfig:
     """Stage 2 with model.detail = "height_map": its step size and priors."""
 
-    lr: Positive = 0.02                # Adam step size, mm: the albedo explains a fold's shading within tens
-                                       # of steps while h must move ~1 mm
+    lr: Positive = 0.03                # Adam step size, mm: the albedo explains a fold's shading within tens
+                                       # of steps while h must move ~1 mm (0.03 finds in 200 steps what 0.02
+                                       # did in 300: tuning-log 21)
     light_warmup_steps: Count = 200    # albedo_directional: steps fitting the light alone first (one albedo,
                                        # h = 0); started together, a fine albedo takes the large-scale shading
     smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
@@ -255,7 +256,7 @@ class HeightMapDetailConfig:
     # photo's blur with flattened geometry. One sigma for all channels (1.5 mm) cost the simple bench
     # its gain; these help both benches (docs/tuning-log.md)
     scatter_mm: Annotated[tuple[NonNegative, ...], MinLen(1)] = (1.0, 0.35, 0.2)
-    debias_steps: Count = 100          # the last this many steps lift the sparsity and TV priors on the details
+    debias_steps: Count = 67           # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
                                        # stage2.iterations: a max_seconds stop before then skips it
@@ -280,7 +281,8 @@ class HeightMapDetailConfig:
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: Count = 300            # every face ray each step: 300 find what 400 and 600 did (tuning-log 18)
+    iterations: Count = 200            # every face ray each step: 200 at height_map.lr 0.03 find what 300, 400
+                                       # and 600 at 0.02 did (tuning-log 18, 21)
     appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
     color_weight: NonNegative = 1.0
     sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).

@@ -19,6 +19,7 @@ import trimesh
 SdfGradFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 MIN_SLOPE = 0.1  # grad f . n below this (a line nearly along the level set): Newton steps as if it were this
+SETTLED_MM = 1e-4  # |f| below this: a vertex takes no more steps (its next would move it about this far)
 
 
 class Displacement(NamedTuple):
@@ -42,10 +43,16 @@ def displace_onto_zero_set(sdf_fn: SdfGradFn, base_mm: np.ndarray, normals: np.n
         raise ValueError(f"base [n_verts, 3] and normals [n_verts, 3] expected, got {base_mm.shape}, {normals.shape}")
     d = np.full(len(base_mm), float(d0_mm))
     f, g = sdf_fn(base_mm + d[:, None] * normals)
+    moving = np.arange(len(base_mm))
     for _ in range(steps):
-        slope = np.maximum(np.einsum("ij,ij->i", g, normals), MIN_SLOPE)
-        d = np.clip(d - np.clip(f / slope, -max_step_mm, max_step_mm), -max_mm, max_mm)
-        f, g = sdf_fn(base_mm + d[:, None] * normals)
+        # only the vertices not yet on the zero set are evaluated again (most settle in 2-3 steps)
+        moving = moving[np.abs(f[moving]) >= SETTLED_MM]
+        if len(moving) == 0:
+            break
+        n = normals[moving]
+        slope = np.maximum(np.einsum("ij,ij->i", g[moving], n), MIN_SLOPE)
+        d[moving] = np.clip(d[moving] - np.clip(f[moving] / slope, -max_step_mm, max_step_mm), -max_mm, max_mm)
+        f[moving], g[moving] = sdf_fn(base_mm[moving] + d[moving, None] * n)
     return Displacement(d, np.abs(f), g)
 
 
