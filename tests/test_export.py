@@ -133,7 +133,7 @@ def test_newton_evaluates_only_the_vertices_still_off_the_zero_set():
 
     def sdf(x):
         calls.append(len(x))
-        # columns: x[:, 0] < 0 a plane z = 601, else the cubic (z - 601) + (z - 601)^3, zero at z = 601
+        # vertices with x < 0: the plane z = 601; the other: the cubic e + e^3 of e = z - 601, zero at z = 601
         e = x[:, 2] - 601.0
         f = np.where(x[:, 0] < 0, e, e + e**3)
         dz = np.where(x[:, 0] < 0, 1.0, 1.0 + 3.0 * e**2)
