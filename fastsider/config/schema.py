@@ -211,7 +211,8 @@ class CoarseStageConfig:
 class SdfPoolConfig:
     """Points with their SDF_GT, drawn once: stage 1's batches and stage 2's SDF and eikonal terms."""
 
-    size: Annotated[int, Interval(ge=1, le=1 << 24)] = 196608  # 24 stage-1 batches of 8192
+    size: Annotated[int, Interval(ge=1, le=1 << 24)] = 49152  # 6 stage-1 batches of 8192 (the reference: 24);
+                                                              # on a lattice only stage 2's eikonal draws
     near_std_mm: Annotated[tuple[Positive, ...], MinLen(1)] = (0.3, 1.5, 8.0)  # Gaussian offsets of
                                                                                # near-surface samples
     uniform_fraction: Annotated[float, Interval(ge=0.0, lt=1.0)] = 0.1  # share of samples uniform in the box
@@ -239,10 +240,10 @@ class MLPDetailConfig:
 class HeightMapDetailConfig:
     """Stage 2 with model.detail = "height_map": its step size and priors."""
 
-    lr: Positive = 0.03                # Adam step size, mm: the albedo explains a fold's shading within tens
-                                       # of steps while h must move ~1 mm (0.03 finds in 200 steps what 0.02
-                                       # did in 300: tuning-log 21)
-    light_warmup_steps: Count = 200    # albedo_directional: steps fitting the light alone first (one albedo,
+    lr: Positive = 0.04                # Adam step size, mm: the albedo explains a fold's shading within tens
+                                       # of steps while h must move ~1 mm (0.04 finds in 150 steps what 0.03
+                                       # did in 200 and 0.02 in 300: tuning-log 21, 22)
+    light_warmup_steps: Count = 100    # albedo_directional: steps fitting the light alone first (one albedo,
                                        # h = 0); started together, a fine albedo takes the large-scale shading
     smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
     tv: NonNegative = 0.03             # weight of h's total variation (mean |neighbour difference|, mm)
@@ -256,7 +257,7 @@ class HeightMapDetailConfig:
     # photo's blur with flattened geometry. One sigma for all channels (1.5 mm) cost the simple bench
     # its gain; these help both benches (docs/tuning-log.md)
     scatter_mm: Annotated[tuple[NonNegative, ...], MinLen(1)] = (1.0, 0.35, 0.2)
-    debias_steps: Count = 67           # the last this many steps lift the sparsity and TV priors on the details
+    debias_steps: Count = 50           # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
                                        # stage2.iterations: a max_seconds stop before then skips it
@@ -266,7 +267,7 @@ class HeightMapDetailConfig:
     # light's warm-up by tracing towards it from every hit: the share of shadow_rays directions over the
     # light's cone (shadow_cone_deg half-angle, a soft edge) that leave the face. 0: off. A shading model
     # without shadows carves a shadow into the skin (Cycles tuning seeds: tuning-log 19)
-    shadow_rays: Count = 8
+    shadow_rays: Count = 4
     shadow_cone_deg: Annotated[float, Interval(ge=0.0, le=45.0)] = 8.0
     shadow_use: Literal["shade", "skip"] = "skip"  # skip: no photometric rays where under half the light
                                                    # arrives; shade: ambient only there (a renderer without
@@ -281,8 +282,8 @@ class HeightMapDetailConfig:
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: Count = 200            # every face ray each step: 200 at height_map.lr 0.03 find what 300, 400
-                                       # and 600 at 0.02 did (tuning-log 18, 21)
+    iterations: Count = 150            # every face ray each step: 150 at height_map.lr 0.04 find what 200 at
+                                       # 0.03 and 300-600 at 0.02 did (tuning-log 18, 21, 22)
     appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
     color_weight: NonNegative = 1.0
     sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).
