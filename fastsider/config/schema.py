@@ -241,8 +241,8 @@ class HeightMapDetailConfig:
     """Stage 2 with model.detail = "height_map": its step size and priors."""
 
     lr: Positive = 0.04                # Adam step size, mm: the albedo explains a fold's shading within tens
-                                       # of steps while h must move ~1 mm (0.04 finds in 150 steps what 0.03
-                                       # did in 200 and 0.02 in 300: tuning-log 21, 22)
+                                       # of steps while h must move ~1 mm (0.04 in 150 steps: the wrinkle
+                                       # scores of 0.03 in 200 and 0.02 in 300; tuning-log 21, 22)
     light_warmup_steps: Count = 100    # albedo_directional: steps fitting the light alone first (one albedo,
                                        # h = 0); started together, a fine albedo takes the large-scale shading
     smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
@@ -282,8 +282,9 @@ class HeightMapDetailConfig:
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: Count = 150            # every face ray each step: 150 at height_map.lr 0.04 find what 200 at
-                                       # 0.03 and 300-600 at 0.02 did (tuning-log 18, 21, 22)
+    iterations: Count = 150            # every face ray each step: 150 at height_map.lr 0.04 keep the wrinkle
+                                       # scores of 200 at 0.03 and 300-600 at 0.02, but the simple bench's
+                                       # face-wide error rose 0.032 -> 0.036 mm (tuning-log 18, 21, 22)
     appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
     color_weight: NonNegative = 1.0
     sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).
