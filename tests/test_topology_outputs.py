@@ -42,7 +42,7 @@ def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 
 def area_weighted_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """The README's rule, written out again here: normalize(sum of the faces' (b - a) x (c - a))."""
+    """docs/outputs.md's rule, written out again here: normalize(sum of the faces' (b - a) x (c - a))."""
     cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     n = np.zeros_like(v)
     for k in range(3):
