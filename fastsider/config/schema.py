@@ -240,11 +240,12 @@ class MLPDetailConfig:
 class HeightMapDetailConfig:
     """Stage 2 with model.detail = "height_map": its step size and priors."""
 
-    lr: Positive = 0.04                # Adam step size, mm: the albedo explains a fold's shading within tens
-                                       # of steps while h must move ~1 mm (0.04 in 150 steps: the wrinkle
-                                       # scores of 0.03 in 200 and 0.02 in 300; tuning-log 21, 22)
-    light_warmup_steps: Count = 100    # albedo_directional: steps fitting the light alone first (one albedo,
-                                       # h = 0); started together, a fine albedo takes the large-scale shading
+    lr: Positive = 0.03                # Adam step size, mm: the albedo explains a fold's shading within tens
+                                       # of steps while h must move ~1 mm (0.03 finds in 200 steps what 0.02
+                                       # did in 300: tuning-log 21)
+    light_warmup_steps: Count = 200    # albedo_directional: steps fitting the light alone first (one albedo,
+                                       # h = 0); started together, a fine albedo takes the large-scale shading.
+                                       # 100 cost the simple bench's face-wide error 0.032 -> 0.034 mm (tuning-log 22)
     smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
     tv: NonNegative = 0.03             # weight of h's total variation (mean |neighbour difference|, mm)
     sparsity: NonNegative = 0.4        # weight of h's log prior, mean of s log(1 + |h| / s) (mm): the L1 below
@@ -257,7 +258,7 @@ class HeightMapDetailConfig:
     # photo's blur with flattened geometry. One sigma for all channels (1.5 mm) cost the simple bench
     # its gain; these help both benches (docs/tuning-log.md)
     scatter_mm: Annotated[tuple[NonNegative, ...], MinLen(1)] = (1.0, 0.35, 0.2)
-    debias_steps: Count = 50           # the last this many steps lift the sparsity and TV priors on the details
+    debias_steps: Count = 67           # the last this many steps lift the sparsity and TV priors on the details
                                        # found (|h| > debias_threshold_mm, grown by debias_grow_cells), giving
                                        # back the depth the priors shrank. 0 or >= iterations: off. Counted from
                                        # stage2.iterations: a max_seconds stop before then skips it
@@ -282,9 +283,9 @@ class HeightMapDetailConfig:
 class DetailStageConfig:
     """Stage 2, either detail; the carrier's own keys are in ``mlp`` and ``height_map``."""
 
-    iterations: Count = 150            # every face ray each step: 150 at height_map.lr 0.04 keep the wrinkle
-                                       # scores of 200 at 0.03 and 300-600 at 0.02, but the simple bench's
-                                       # face-wide error rose 0.032 -> 0.036 mm (tuning-log 18, 21, 22)
+    iterations: Count = 200            # every face ray each step: 200 at height_map.lr 0.03 find what 300-600
+                                       # at 0.02 did; 150 at 0.04 keep the wrinkles but not the flat skin (the
+                                       # simple bench's face-wide error 0.032 -> 0.036 mm; tuning-log 21, 22)
     appearance_lr: NonNegative = 0.02  # Adam step size of the rendering side (light, albedo map, rendering MLP)
     color_weight: NonNegative = 1.0
     sdf_weight: NonNegative = 0.0      # |f - SDF_GT| in metres (sdf/losses.py); the paper's 100 (reference).
