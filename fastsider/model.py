@@ -62,7 +62,7 @@ def build_geometry(cfg: ModelConfig, backend: str, device: torch.device,
     if cfg.detail == "height_map":
         if camera is None or norm is None:
             raise ValueError("model.detail = 'height_map' needs the working crop's camera and the unit box")
-        height = HeightMap(camera, norm, cfg.height_map.resolution or camera.width)
+        height = HeightMap(camera, norm, cfg.height_map.resolution or camera.width, cfg.height_map.levels)
     return Geometry(base, mlp, height, gain)
 
 

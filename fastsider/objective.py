@@ -17,10 +17,12 @@ from fastsider.sdf import losses
 
 
 def combine_terms(model: SiderModel, rgb: Tensor, target: Tensor, pts_sdf: Tensor, pts_target: Tensor,
-                  pts_gradient: Tensor, cfg: DetailStageConfig, unit_mm: float) -> dict[str, Tensor]:
+                  pts_gradient: Tensor, cfg: DetailStageConfig, unit_mm: float,
+                  height_grid: Tensor | None = None) -> dict[str, Tensor]:
     """The three SIDER terms (+ the height map's priors) and their weighted sum ('loss').
 
-    rgb, target [n_rays, 3]; pts_sdf, pts_target [n_pts]; pts_gradient [n_pts, 3].
+    rgb, target [n_rays, 3]; pts_sdf, pts_target [n_pts]; pts_gradient [n_pts, 3]; ``height_grid``:
+    the height map [1, R, R] as composed this step (None: composed here).
     """
     zero = torch.zeros((), device=target.device)
     color = losses.color_l1(rgb, target) if target.numel() else zero
@@ -31,7 +33,7 @@ def combine_terms(model: SiderModel, rgb: Tensor, target: Tensor, pts_sdf: Tenso
     height = model.geometry.height
     if height is not None:
         hm = cfg.height_map
-        height_mm = height.height_mm()
+        height_mm = (height.height_map() if height_grid is None else height_grid)[0]
         out["smoothness"] = laplacian_energy(height_mm)
         out["total_variation"] = total_variation(height_mm, height.prior_weight)
         out["sparsity"] = log_sparsity(height_mm, hm.sparsity_mm, height.prior_weight)
@@ -57,12 +59,13 @@ def height_map_terms(model: SiderModel, s: FrozenSurface, points_sdf: Tensor, po
     """The "height_map" detail: every frozen ray, and the pool's points ``point_idx`` (their cached F;
     targets ``points_sdf``) with f = F - h and grad f = grad F - grad h. ``scatter``: the rendered colours
     blurred over the frozen rays' pixels first (subsurface scattering)."""
-    _, _, rgb = render_height_map(model, s)
+    grid = model.geometry.height.height_map()  # once a step: three reads of it below
+    _, _, rgb = render_height_map(model, s, grid=grid)
     if scatter is not None:
         rgb = scatter(rgb)
-    h, h_grad = model.geometry.height.read(s.pool_reads.subset(point_idx))
+    h, h_grad = model.geometry.height.read(s.pool_reads.subset(point_idx), grid)
     pts_sdf = s.pool_sdf[point_idx] - h
     pts_grad = s.pool_gradient[point_idx] - h_grad
-    out = combine_terms(model, rgb, s.rays.colors, pts_sdf, points_sdf, pts_grad, cfg, unit_mm)
+    out = combine_terms(model, rgb, s.rays.colors, pts_sdf, points_sdf, pts_grad, cfg, unit_mm, grid)
     out["hit_fraction"] = torch.tensor(s.hit_fraction)
     return out

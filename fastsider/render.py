@@ -158,14 +158,16 @@ def freeze_surface(model: SiderModel, rays: RayBundle, pool_points: torch.Tensor
                          height.reads_at(x0), height.reads_at(pool_points))
 
 
-def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = True):
-    """Hits, unit normals and colours [n, 3] of f = F - h for the frozen surface's rays.
+def render_height_map(model: SiderModel, s: FrozenSurface, create_graph: bool = True,
+                      grid: torch.Tensor | None = None):
+    """Hits, unit normals and colours [n, 3] of f = F - h for the frozen surface's rays (``grid``: the
+    height map, composed by the caller; None: composed here).
 
     Differentiable w.r.t.: the height map and the rendering net.
     """
     d = s.rays.dirs
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
-        h, h_grad = model.geometry.height.read(s.reads)
+        h, h_grad = model.geometry.height.read(s.reads, grid)
     t = (h - s.sdf) / (s.gradient * d).sum(-1)  # F(x0) + (grad F . d) t = h
     x = s.points + t[:, None] * d
     normals = torch.nn.functional.normalize(s.gradient - h_grad, dim=-1)

@@ -158,3 +158,43 @@ def test_albedo_map_starts_at_its_colour_and_holds_the_edge_outside():
         grid.values[:, :, :2] = 0.0  # the two left columns (the spline's taps at the edge): albedo exp(0) = 1
     far_left = torch.tensor([[-0.99, 0.0, -0.9]], dtype=torch.float64)
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
+
+
+
+def _slope_fit(hm: HeightMap, target: torch.Tensor, steps: int, lr: float = 0.03) -> float:
+    """RMS misfit (up to a constant) after ``steps`` Adam steps of h's slopes against the target's, the way
+    shading constrains h: a Poisson problem, whose wide modes a per-cell step reaches slowly."""
+    def slopes(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return h[1:, :-1] - h[:-1, :-1], h[:-1, 1:] - h[:-1, :-1]
+    opt = torch.optim.Adam(hm.parameters(), lr=lr)
+    t_rows, t_cols = slopes(target)
+    for _ in range(steps):
+        opt.zero_grad()
+        d_rows, d_cols = slopes(hm.height_mm())
+        (((d_rows - t_rows) ** 2).mean() + ((d_cols - t_cols) ** 2).mean()).backward()
+        opt.step()
+    off = hm.height_mm().detach() - target
+    return float((off - off.mean()).pow(2).mean().sqrt())
+
+
+def test_coarse_levels_add_smooth_grids_that_reach_a_wide_bump_sooner_and_leave_fine_detail_to_the_cells():
+    r = 64
+    flat, pyramid = HeightMap(CAMERA, NORM, r).double(), HeightMap(CAMERA, NORM, r, levels=4).double()
+    assert len(flat.coarse) == 0 and flat.height_map() is flat.values
+    assert [p.shape[-1] for p in pyramid.coarse] == [32, 16, 8]
+    with torch.no_grad():  # a constant coarse grid is that constant everywhere on the map (partition of unity)
+        pyramid.coarse[1].fill_(0.3)
+    assert torch.allclose(pyramid.height_mm(), torch.full((r, r), 0.3, dtype=torch.float64), atol=1e-12)
+    x = points_in_view(50)  # every read of h sees the sum
+    assert torch.allclose(pyramid(x), pyramid.read(pyramid.reads_at(x))[0], atol=1e-12)
+    assert torch.allclose(pyramid(x), torch.full((50,), 0.3 / NORM.half_size, dtype=torch.float64), atol=1e-12)
+    pyramid.zero_()
+    assert pyramid.height_mm().abs().max() == 0.0
+
+    rows, cols = torch.meshgrid(torch.arange(r, dtype=torch.float64), torch.arange(r, dtype=torch.float64), indexing="ij")
+    bump = torch.exp(-((rows - 30.0) ** 2 + (cols - 34.0) ** 2) / (2 * 10.0**2))  # 1 mm high, 10 cells wide
+    checker = 0.05 * (-1.0) ** (rows + cols)                                      # one cell per sign
+    wide = [_slope_fit(HeightMap(CAMERA, NORM, r, levels=n).double(), bump, 50) for n in (1, 4)]
+    assert wide[1] < 0.25 * wide[0]
+    fine = [_slope_fit(HeightMap(CAMERA, NORM, r, levels=n).double(), checker, 100) for n in (1, 4)]
+    assert max(fine) < 0.05 * 0.05  # both find the checkerboard to 5% of its amplitude

@@ -123,6 +123,10 @@ class LatticeConfig:
 @dataclass(frozen=True)
 class HeightMapConfig:
     resolution: Annotated[int, Le(4096)] = 256  # samples per side over the working crop; 0: one per crop pixel
+    # the map plus levels - 1 coarser grids (each half the last's cells per side), summed: stage 2's steps
+    # reach the flat skin's low frequencies sooner (4: the simple bench's face-wide error 0.036 -> 0.031 mm
+    # on the tuning seeds at 200 steps, where 600 steps of one level gave 0.032; tuning-log 24)
+    levels: Annotated[int, Interval(ge=1, le=8)] = 4
 
     def __post_init__(self) -> None:
         if self.resolution == 1 or self.resolution < 0:
@@ -247,7 +251,9 @@ class HeightMapDetailConfig:
                                        # h = 0); started together, a fine albedo takes the large-scale shading.
                                        # 100 cost the simple bench's face-wide error 0.032 -> 0.034 mm (tuning-log 22)
     smoothness: NonNegative = 0.1      # weight of h's mean squared Laplacian (mm^2)
-    tv: NonNegative = 0.03             # weight of h's total variation (mean |neighbour difference|, mm)
+    tv: NonNegative = 0.07             # weight of h's total variation (mean |neighbour difference|, mm); 0.03
+                                       # with model.height_map.levels = 4 left 12% more noise on flat skin
+                                       # (tuning-log 24)
     sparsity: NonNegative = 0.4        # weight of h's log prior, mean of s log(1 + |h| / s) (mm): the L1 below
                                        # s, a log above: a deep fold costs little more than a shallow one, a
                                        # wide sheet of noise its area

@@ -149,23 +149,42 @@ class BilinearReads(NamedTuple):
 
 
 class HeightMap(ImageMap):
-    """h (mm) on a [R, R] map over the working crop; ``values`` [1, R, R], zero outside.
+    """h (mm) on a [R, R] map over the working crop, zero outside: ``values`` [1, R, R] plus the
+    ``coarse`` levels upsampled onto it (``height_map``); every read of h sees the sum.
 
     ``prior_weight`` [R, R] scales the sparsity and TV priors per cell (ones until stage 2 debiases;
     a buffer, so checkpoints keep it).
     """
 
-    def __init__(self, camera: Camera, norm: Normalization, resolution: int):
+    def __init__(self, camera: Camera, norm: Normalization, resolution: int, levels: int = 1):
         super().__init__(camera, norm, resolution, torch.zeros(1))
         self.register_buffer("prior_weight", torch.ones(resolution, resolution))
+        # levels > 1: h = values + coarser grids (R/2, R/4, ...) over the same crop, each upsampled to
+        # the next (bicubic). A per-cell step moves h's low frequencies by one cell's worth at a time; a
+        # coarse grid's step moves a whole patch, so the flat skin settles in far fewer steps
+        sizes = [max(2, -(-resolution // 2**k)) for k in range(1, levels)]  # R/2^k rounded up
+        self.coarse = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(1, r, r)) for r in sizes)
+
+    def zero_(self) -> None:
+        with torch.no_grad():
+            for p in self.parameters():
+                p.zero_()
+
+    def height_map(self) -> Tensor:
+        """The map [1, R, R]: the cells plus the coarser levels."""
+        grids = [self.values, *self.coarse]  # finest first
+        v = grids[-1]
+        for finer in reversed(grids[:-1]):  # coarsest to finest: upsample, add the next level
+            v = F.interpolate(v[None], size=finer.shape[-2:], mode="bicubic", align_corners=False)[0] + finer
+        return v
 
     def height_mm(self) -> Tensor:
         """The map [R, R] (row, col) in mm."""
-        return self.values[0]
+        return self.height_map()[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Unit-box points [n, 3] -> h [n] in unit-box units; differentiable w.r.t. x and the values."""
-        return bilinear(self.values, self.map_coordinates(x))[:, 0].to(x.dtype) / self.half_size
+        return bilinear(self.height_map(), self.map_coordinates(x))[:, 0].to(x.dtype) / self.half_size
 
     def reads_at(self, x: Tensor) -> BilinearReads:
         """The fixed weights of ``forward`` and of its gradient in x at unit-box points [n, 3]."""
@@ -191,10 +210,12 @@ class HeightMap(ImageMap):
         return BilinearReads(torch.stack(index, 1), torch.stack(weight, 1).to(x.dtype),
                              torch.stack(gradient, 1).to(x.dtype))
 
-    def read(self, reads: BilinearReads) -> tuple[Tensor, Tensor]:
-        """h [n] and grad_x h [n, 3] at the points of ``reads``; differentiable w.r.t. the values."""
+    def read(self, reads: BilinearReads, grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """h [n] and grad_x h [n, 3] at the points of ``reads``; differentiable w.r.t. the values.
+        ``grid``: the map as ``height_map`` gave it, when the caller composed it already this step."""
+        grid = self.height_map() if grid is None else grid
         # index_select: its backward is an index_add, where advanced indexing's sorts for a deterministic sum
-        v = self.values.view(-1).index_select(0, reads.index.view(-1)).view(reads.index.shape).to(reads.weight.dtype)
+        v = grid.reshape(-1).index_select(0, reads.index.view(-1)).view(reads.index.shape).to(reads.weight.dtype)
         return (v * reads.weight).sum(-1), torch.einsum("nk,nkd->nd", v, reads.gradient)
 
 

@@ -54,8 +54,7 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
     if resume is not None:  # the frozen surface is stage 1's (its MLP from the checkpoint) at h = 0, as
         model.load_state_dict(resume["model"])  # in the uninterrupted run; optimize() restores h after
         if height is not None:
-            with torch.no_grad():
-                height.values.zero_()
+            height.zero_()
     frozen = freeze_surface(model, rays, pool.points, trace) if height is not None else None
     # a resumed run restores the light it had; warming it up first would be overwritten
     if (frozen is not None and resume is None and isinstance(model.appearance.light, DirectionalShading)
@@ -94,7 +93,7 @@ def fit_details(model: SiderModel, rays: RayBundle, pool: PointPool, cfg: Detail
                 height.prior_weight.copy_(debias_weight(height.height_mm(), hm.debias_threshold_mm,
                                                         hm.debias_grow_cells))
 
-    geometry = ({"params": [height.values], "base_lr": hm.lr} if height is not None  # the MLP stays stage 1's
+    geometry = ({"params": list(height.parameters()), "base_lr": hm.lr} if height is not None  # the MLP stays stage 1's
                 else {"params": model.geometry.mlp_parameters(), "base_lr": cfg.mlp.lr})
     groups = [geometry, {"params": list(model.appearance.parameters())}]  # at the schedule's lr
     return optimize(model, groups, loss_fn, schedule, run, generator, resume=resume,
