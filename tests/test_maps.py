@@ -160,7 +160,6 @@ def test_albedo_map_starts_at_its_colour_and_holds_the_edge_outside():
     assert torch.allclose(grid(far_left), torch.ones(1, 3, dtype=torch.float64))
 
 
-
 def _slope_fit(hm: HeightMap, target: torch.Tensor, steps: int, lr: float = 0.03) -> float:
     """RMS misfit (up to a constant) after ``steps`` Adam steps of h's slopes against the target's, the way
     shading constrains h: a Poisson problem, whose wide modes a per-cell step reaches slowly."""
