@@ -11,7 +11,7 @@ from torch import Tensor
 
 from fastsider.config import DetailStageConfig, TraceConfig
 from fastsider.nn.fields import SiderModel
-from fastsider.nn.priors import laplacian_energy, log_sparsity, total_variation
+from fastsider.nn.priors import laplacian_energy, log_sparsity, raised_cost, total_variation
 from fastsider.render import FrozenSurface, PixelBlur, RayBundle, render_height_map, render_rays
 from fastsider.sdf import losses
 
@@ -39,6 +39,9 @@ def combine_terms(model: SiderModel, rgb: Tensor, target: Tensor, pts_sdf: Tenso
         out["sparsity"] = log_sparsity(height_mm, hm.sparsity_mm, height.prior_weight)
         total = (total + hm.smoothness * out["smoothness"] + hm.tv * out["total_variation"]
                  + hm.sparsity * out["sparsity"])
+        if hm.raised > 0:
+            out["raised"] = raised_cost(height_mm, hm.sparsity_mm, hm.raised_from_mm, height.prior_weight)
+            total = total + hm.raised * out["raised"]
     out["loss"] = total
     out["psnr"] = torch.tensor(losses.psnr(rgb, target)) if target.numel() else zero
     return out

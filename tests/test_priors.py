@@ -1,5 +1,5 @@
-"""The height map's priors (fastsider.nn.priors): total variation, log sparsity, the Laplacian energy,
-and the debiasing weight that lifts them on the details found."""
+"""The height map's priors (fastsider.nn.priors): total variation, log sparsity, the groove prior,
+the Laplacian energy, and the debiasing weight that lifts them on the details found."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fastsider.nn.priors import debias_weight, laplacian_energy, log_sparsity, total_variation
+from fastsider.nn.priors import debias_weight, laplacian_energy, log_sparsity, raised_cost, total_variation
 
 
 def test_total_variation_of_a_ramp_and_of_a_fold_of_any_width():
@@ -34,6 +34,38 @@ def test_log_sparsity_is_the_l1_for_small_heights_and_a_log_for_deep_folds():
     sheet = torch.full((8, 8), -0.5 / 8, dtype=torch.float64)
     assert log_sparsity(sheet, s).item() > 3.0 * log_sparsity(fold, s).item()
     assert fold.abs().mean().item() == pytest.approx(sheet.abs().mean().item())
+
+
+def test_raised_cost_prices_ridges_above_the_start_and_not_grooves():
+    s, start = 0.01, 0.05
+    h = torch.tensor([[-0.4, -0.02, 0.0, 0.03], [0.05, 0.06, 0.3, -1.0]], dtype=torch.float64)
+    expected = sum(s * math.log1p((v - start) / s) for v in (0.06, 0.3)) / h.numel()
+    assert raised_cost(h, s, start).item() == pytest.approx(expected, rel=1e-12)
+    assert raised_cost(-h.abs(), s, start).item() == 0.0                       # grooves are free
+    w = torch.zeros_like(h)
+    w[1, 2] = 1.0                                                               # a debiased cell pays nothing
+    assert raised_cost(h, s, start, 1.0 - w).item() == pytest.approx(s * math.log1p(0.01 / s) / h.numel())
+    # its gradient in h against central differences
+    x = h.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(raised_cost(x, s, start), x)
+    eps = 1e-7
+    for i, j in ((1, 1), (1, 2), (0, 0)):
+        d = torch.zeros_like(h)
+        d[i, j] = eps
+        fd = (raised_cost(h + d, s, start) - raised_cost(h - d, s, start)).item() / (2 * eps)
+        assert g[i, j].item() == pytest.approx(fd, rel=1e-6, abs=1e-12)
+
+
+def test_the_groove_prior_breaks_a_sign_blind_data_term_towards_the_groove():
+    # a data term that sees only the fold's depth, not its sign (frontal light: both walls darken)
+    s, depth = 0.01, 0.3
+    def total(h: torch.Tensor, raised: float) -> float:
+        data = ((h**2 - depth**2) ** 2).sum()
+        return (data + 0.4 * log_sparsity(h, s) + raised * raised_cost(h, s, 0.05)).item()
+    groove = torch.full((1, 1), -depth, dtype=torch.float64)
+    ridge = -groove
+    assert total(groove, 0.0) == total(ridge, 0.0)       # without it: a tie
+    assert total(groove, 0.4) < total(ridge, 0.4)        # with it: the groove
 
 
 def test_debias_weight_lifts_the_priors_on_the_details_found_and_only_there():

@@ -50,6 +50,15 @@ def log_sparsity(values: Tensor, scale: float, weight: Tensor | None = None) -> 
     return (cost if weight is None else weight * cost).mean()
 
 
+def raised_cost(values: Tensor, scale: float, start: float, weight: Tensor | None = None) -> Tensor:
+    """Mean of scale * log(1 + max(h - start, 0) / scale) over a [R, R] map (its units): what skin
+    raised above the coarse surface by more than ``start`` costs beyond the log prior. Wrinkles and
+    folds are grooves; under light from near the camera a groove and a ridge of the same profile
+    shade alike (both walls turn from the light), and this prior picks the groove."""
+    cost = scale * torch.log1p((values - start).clamp_min(0.0) / scale)
+    return (cost if weight is None else weight * cost).mean()
+
+
 def laplacian_energy(values: Tensor) -> Tensor:
     """mean squared 5-point Laplacian of a [R, R] map (its units squared): the smoothness prior."""
     lap = (values[1:-1, :-2] + values[1:-1, 2:] + values[:-2, 1:-1] + values[2:, 1:-1] - 4.0 * values[1:-1, 1:-1])
