@@ -259,9 +259,8 @@ class HeightMapDetailConfig:
                                        # wide sheet of noise its area
     sparsity_mm: Positive = 0.01       # s, where the prior turns from L1 to log
     raised: NonNegative = 0.4          # weight of the groove prior, mean of s log(1 + max(h - raised_from_mm, 0) / s)
-                                       # (mm): skin raised above the coarse surface costs more than a groove, as
-                                       # wrinkles and folds are grooves and a frontal light shades both alike
-                                       # (tuning-log 26). 0: off
+                                       # (mm): wrinkles and folds are grooves, and a frontal light shades a groove
+                                       # and a ridge alike (tuning-log 26). 0: off
     raised_from_mm: NonNegative = 0.05  # h above this pays the groove prior (below, noise is free to go either way)
     # the rendered colour is blurred by a Gaussian of this sigma on the skin (subsurface scattering)
     # before the photometric loss: one value for all channels or one each for R, G, B; 0: sharp.
