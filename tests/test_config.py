@@ -50,6 +50,9 @@ def test_a_key_that_does_nothing_is_refused_in_a_preset_and_warned_about_in_an_o
         cfg = load_config(None, ["model.height_map.resolution=64", "stage1.iterations=5"])
     assert cfg.stage1.iterations == 5 and "stage1.iterations does nothing here" in caplog.text
     assert "height_map.resolution" not in caplog.text  # it does something in the default path
+    with caplog.at_level("WARNING", logger="fastsider.config"):
+        load_config(None, ["stage2.height_map.raised=0", "stage2.height_map.raised_from_mm=0.1"])
+    assert "stage2.height_map.raised_from_mm does nothing here" in caplog.text
 
 
 def test_height_map_needs_the_signed_target():

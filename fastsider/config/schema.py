@@ -258,9 +258,7 @@ class HeightMapDetailConfig:
                                        # s, a log above: a deep fold costs little more than a shallow one, a
                                        # wide sheet of noise its area
     sparsity_mm: Positive = 0.01       # s, where the prior turns from L1 to log
-    raised: NonNegative = 0.4          # weight of the groove prior, mean of s log(1 + max(h - raised_from_mm, 0) / s)
-                                       # (mm): wrinkles and folds are grooves, and a frontal light shades a groove
-                                       # and a ridge alike (tuning-log 26). 0: off
+    raised: NonNegative = 0.4          # weight of the groove prior (nn/priors.py raised_cost; tuning-log 26). 0: off
     raised_from_mm: NonNegative = 0.05  # h above this pays the groove prior (below, noise is free to go either way)
     # the rendered colour is blurred by a Gaussian of this sigma on the skin (subsurface scattering)
     # before the photometric loss: one value for all channels or one each for R, G, B; 0: sharp.
@@ -439,6 +437,8 @@ def inert_keys(cfg: FitConfig) -> dict[str, str]:
         out["shell.thickness_mm"] = "shell.target is not 'shell'"
     if not cfg.stage2.skip_pigment:
         out["stage2.pigment_threshold"] = "stage2.skip_pigment is off"
+    if cfg.stage2.height_map.raised == 0:
+        out["stage2.height_map.raised_from_mm"] = "stage2.height_map.raised is 0 (no groove prior)"
     if not cfg.export.topology:
         keys = ("texture_size", "uv_atlas", "slim_iterations")
         if cfg.mesh.method != "topology":  # else mesh.ply is made with these

@@ -55,8 +55,7 @@ def raised_cost(values: Tensor, scale: float, start: float, weight: Tensor | Non
     raised above the coarse surface by more than ``start`` costs beyond the log prior. Wrinkles and
     folds are grooves; under light from near the camera a groove and a ridge of the same profile
     shade alike (both walls turn from the light), and this prior picks the groove."""
-    cost = scale * torch.log1p((values - start).clamp_min(0.0) / scale)
-    return (cost if weight is None else weight * cost).mean()
+    return log_sparsity((values - start).clamp_min(0.0), scale, weight)
 
 
 def laplacian_energy(values: Tensor) -> Tensor:
